@@ -1,0 +1,199 @@
+"""MLflow tracking and Model Registry: the only adapter to MLflow.
+
+Every call names its run id explicitly (``MlflowClient``), so nothing depends on
+MLflow's thread-local active run while Prefect moves work between threads.
+Registry state moves through aliases (``champion``, ``challenger``), never stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from transferops.config import Settings
+from transferops.offline import apply_offline_defaults
+
+apply_offline_defaults()
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+LINEAGE_PREFIX = "transferops."
+
+
+class RegistryError(RuntimeError):
+    """A registry reference is wrong or the registry refused; the message says which."""
+
+
+def client(settings: Settings):
+    """An MlflowClient on the configured tracking/registry URI (sqlite in the project by default)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    mlflow.set_registry_uri(settings.resolved_tracking_uri)
+    return MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
+
+
+def experiment_id(settings: Settings) -> str:
+    """The project's experiment, created with its artifacts under the project folder."""
+    c = client(settings)
+    exp = c.get_experiment_by_name(settings.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(settings.experiment, artifact_location=settings.artifact_location)
+
+
+@task(retries=2, retry_delay_seconds=2)
+def start_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
+    """Open a run and log the resolved configuration with it."""
+    c = client(settings)
+    run = c.create_run(experiment_id(settings), run_name=run_name, tags=tags)
+    c.log_dict(run.info.run_id, settings.public_dict(), "config/resolved_config.json")
+    return run.info.run_id
+
+
+def log_params(settings: Settings, run_id: str, params: dict[str, Any]) -> None:
+    """Log flat params (values stringified and truncated to MLflow's limit)."""
+    from mlflow.entities import Param
+
+    c = client(settings)
+    c.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
+def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log numeric metrics at ``step``."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+
+def log_artifacts(settings: Settings, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Upload files or folders under ``artifact_path`` of the run."""
+    c = client(settings)
+    for p in paths:
+        if Path(p).is_dir():
+            c.log_artifacts(run_id, str(p), f"{artifact_path}/{Path(p).name}")
+        else:
+            c.log_artifact(run_id, str(p), artifact_path)
+
+
+def log_json(settings: Settings, run_id: str, obj: Any, artifact_file: str) -> None:
+    client(settings).log_dict(run_id, json.loads(json.dumps(obj, default=str)), artifact_file)
+
+
+def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    """Close the run as FINISHED or FAILED."""
+    client(settings).set_terminated(run_id, status)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version and the aliases it holds."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+
+
+@task(retries=2, retry_delay_seconds=2)
+def log_and_register(settings: Settings, run_id: str, name: str, model: Any, bundle_dir: Path,
+                     input_example: Any, tags: dict[str, str]) -> RegisteredVersion:
+    """Log the model (pytorch flavour, with signature) and its bundle, then register a version.
+
+    Called only after evaluation succeeded, so a failed run never registers anything.
+    """
+    import mlflow.pytorch
+    import torch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    c = client(settings)
+    model = model.cpu().eval()
+    with torch.inference_mode():
+        output = model(torch.from_numpy(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model"
+        # explicit requirements: inferring them costs ~15 s per model
+        mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=input_example,
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                    f"torchvision=={torchvision.__version__.split('+')[0]}"])
+        c.log_artifacts(run_id, str(local), "model")
+    c.log_artifacts(run_id, str(bundle_dir), "bundle")
+    try:
+        c.get_registered_model(name)
+    except Exception:  # not found: first version of this name
+        c.create_registered_model(name, description="Registered by transferops; load with models:/NAME@champion")
+    source = f"{c.get_run(run_id).info.artifact_uri}/model"
+    mv = c.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    return RegisteredVersion(name, mv.version, run_id, (), dict(mv.tags))
+
+
+def set_alias(settings: Settings, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``."""
+    client(settings).set_registered_model_alias(name, alias, version)
+
+
+def alias_version(settings: Settings, name: str, alias: str):
+    """The ModelVersion holding ``alias``, or None when the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(settings).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def list_versions(settings: Settings, name: str) -> list[RegisteredVersion]:
+    """Every version of ``name``, newest first, with aliases and tags."""
+    c = client(settings)
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except Exception:
+        return []
+    out = [RegisteredVersion(v.name, v.version, v.run_id, tuple(v.aliases or ()), dict(v.tags)) for v in versions]
+    return sorted(out, key=lambda v: int(v.version), reverse=True)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/3`` -> (name, alias, version)."""
+    if not uri.startswith("models:/"):
+        raise RegistryError(f"'{uri}' is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION")
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, None, version
+    raise RegistryError(f"'{uri}' names no alias or version; use models:/{rest}@champion or models:/{rest}/1")
+
+
+@task(retries=2, retry_delay_seconds=2)
+def download_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dict[str, str]]:
+    """Fetch the bundle folder of a registered version; returns (folder, version tags)."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_uri(uri)
+    c = client(settings)
+    try:
+        mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+    except MlflowException:
+        known = ", ".join(sorted({m.name for m in c.search_registered_models()})) or "none"
+        raise RegistryError(f"{uri} is not in the registry at {settings.resolved_tracking_uri} (registered models: {known})") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    local = c.download_artifacts(mv.run_id, "bundle", str(dest))
+    return Path(local), dict(mv.tags)

@@ -1,0 +1,46 @@
+"""Run reports: plots and Markdown in ``reports/<run>/``, mirrored to MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import registry
+from transferops.config import Settings
+from transferops.report import (markdown_table, plot_confusion, plot_embeddings, plot_learning_curves,
+                                write_report)
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def write_run_report(settings: Settings, run_id: str, run_name: str, facts: dict[str, Any],
+                     history: list[dict[str, Any]], confusion: list[list[int]] | None, classes: list[str],
+                     reference: np.ndarray | None, target: np.ndarray | None, validation: Path | None) -> Path:
+    """Plot, write ``report.md`` and log the folder as the run's ``report`` artifact."""
+    folder = settings.reports_dir / run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, str]] = [("Summary", markdown_table([{"field": k, "value": v} for k, v in facts.items()]))]
+    if reference is not None and target is not None and len(reference) and len(target):
+        plot_embeddings(reference, target, folder / "drift_embeddings.png", "Source profile vs target (PCA)")
+        sections.append(("Drift", "![source vs target embeddings](drift_embeddings.png)"))
+    if history:
+        plot_learning_curves(history, folder / "learning_curves.png")
+        sections.append(("Learning curves", "![learning curves](learning_curves.png)\n\n" + markdown_table(history)))
+    if confusion is not None:
+        plot_confusion(confusion, classes, folder / "confusion_matrix.png", "Held-out confusion matrix")
+        sections.append(("Held-out evaluation", "![confusion matrix](confusion_matrix.png)"))
+    if validation is not None:
+        body = json.loads(Path(validation).read_text())
+        rows = [{k: r[k] for k in ("table", "expectation", "column", "success", "unexpected")} |
+                {"first offending": "; ".join(map(str, r["examples"][:3]))} for r in body["results"]]
+        sections.append(("Data validation (Great Expectations)", markdown_table(rows) +
+                         f"\nFull result: [{Path(validation).name}]({Path(validation).name})"))
+        if Path(validation).parent != folder:
+            (folder / Path(validation).name).write_text(Path(validation).read_text())
+    path = write_report(folder / "report.md", f"transferops run {run_name}", sections)
+    registry.log_artifacts(settings, run_id, [p for p in folder.iterdir()], "report")
+    return path

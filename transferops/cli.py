@@ -1,0 +1,188 @@
+"""The ``transferops`` command line.
+
+Every command works on the project folder it is run in (like git and dvc), or
+on ``--workdir DIR``. ``--json`` prints one JSON document for scripts. Flows and
+adapters are imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from transferops.offline import apply_offline_defaults
+
+# Off a terminal rich falls back to 80 columns, which folds every table cell.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    cols = columns or (list(rows[0].keys()) if rows else [])
+    table = Table(title=title, show_lines=False)
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str("" if v is None else v) for v in (r.get(c) for c in cols)])
+    return table
+
+
+def _emit(args: argparse.Namespace, result: Any, title: str, columns: list[str] | None = None) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    rows = result if isinstance(result, list) else [{"field": k, "value": v} for k, v in result.items()]
+    console.print(_table(title, rows, columns))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_init(args: argparse.Namespace) -> None:
+    from tasks.versioning import ensure_project
+    from transferops.config import load_settings
+
+    s = load_settings(args.workdir, args.config)
+    ensure_project(s.project_dir, s.resolved_dvc_remote)
+    _emit(args, {"project": str(s.project_dir), "tracking_uri": s.resolved_tracking_uri,
+                 "dvc_remote": s.resolved_dvc_remote}, "Project ready")
+
+
+def cmd_source(args: argparse.Namespace) -> None:
+    from flows.source import SourceParams, develop_source
+
+    result = develop_source(SourceParams(data=args.data, backbone=args.backbone, image_size=args.image_size,
+                                         project_dir=str(args.workdir), config_file=args.config, epochs=args.epochs))
+    _emit(args, result, "Source model registered")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from flows.train import TrainParams, train
+
+    data, rev = None, None
+    if args.data:
+        data, rev = (args.data, None) if Path(args.data).exists() else (None, args.data)
+    result = train(TrainParams(source=args.source, data=data, data_rev=rev, strategy=args.strategy,
+                               backbone=args.backbone, source_profile=args.source_profile,
+                               project_dir=str(args.workdir), config_file=args.config, epochs=args.epochs))
+    _emit(args, result, "Training run")
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    from tasks.modeling import measure_drift, resolve_source
+    from transferops.config import load_settings
+    from transferops.data import scan_dataset
+
+    s = load_settings(args.workdir, args.config)
+    src = resolve_source.fn(s, args.source, args.backbone, args.profile)
+    images = scan_dataset(args.data, s.data.val_fraction, s.data.test_fraction)
+    outcome = measure_drift.fn(s, src, images, split=None)
+    if outcome.result is None:
+        raise ValueError(outcome.reason)
+    result = {"source": args.source, "data": str(args.data), **outcome.result.as_dict(), "similarity": outcome.similarity}
+    _emit(args, result, "Drift against the source profile")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from tasks import registry
+    from transferops.config import load_settings
+
+    s = load_settings(args.workdir, args.config)
+    rows = []
+    for name in (s.model_name, s.source_model_name):
+        for v in registry.list_versions(s, name):
+            t = v.tags
+            rows.append({"model": v.name, "version": v.version, "aliases": ",".join(v.aliases),
+                         "strategy": t.get("transferops.strategy", ""), "backbone": t.get("transferops.backbone", ""),
+                         "test_accuracy": t.get("transferops.test_accuracy", ""),
+                         "similarity": t.get("transferops.source_similarity", ""),
+                         "data_rev": t.get("transferops.data_rev", "")[:12], "run_id": v.run_id})
+    if not rows and not args.json:
+        console.print(f"No registered models in {s.resolved_tracking_uri}; run `transferops train` or `transferops demo`.")
+        return
+    _emit(args, rows, f"Registry at {s.resolved_tracking_uri}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from transferops.demo import run_demo
+
+    result = run_demo(Path(args.workdir), console=console if not args.json else None)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- parser
+def get_args_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: the current one)")
+    common.add_argument("--config", default=None, help="YAML settings file (default: <workdir>/transferops.yaml if present)")
+    common.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+
+    p = argparse.ArgumentParser(prog="transferops", description="Keep transfer-learned image models fresh in production.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("init", cmd_init, "make the folder a transferops project (git, DVC, remote, MLflow store)")
+    sp = add("demo", cmd_demo, "run the whole loop offline on sample data (about 2 minutes on 2 cores)")
+    sp.set_defaults(workdir=Path("demo-workdir"))
+    sp = add("source", cmd_source, "develop a source model on a large source dataset and register it with its profile")
+    sp.add_argument("--data", required=True, help="ImageFolder tree or manifest of the source domain")
+    sp.add_argument("--backbone", default="resnet18", help="torchvision architecture (default: resnet18)")
+    sp.add_argument("--image-size", type=int, default=32, help="input side the source model is trained at")
+    sp.add_argument("--epochs", type=int, default=None, help="overrides training.epochs")
+    sp = add("train", cmd_train, "train a challenger from a source model; register it and promote it if it wins")
+    sp.add_argument("--data", default=None, help="folder/manifest to ingest as a new version, or a git revision of data.dvc (default: current version)")
+    sp.add_argument("--source", required=True, help="models:/NAME@ALIAS, BACKBONE:WEIGHTS (resnet50:IMAGENET1K_V2), a bundle folder or a .pt file")
+    sp.add_argument("--strategy", default="auto", choices=["auto", "feature_extraction", "partial_finetune", "full_finetune", "scratch"])
+    sp.add_argument("--backbone", default=None, help="architecture of a .pt source file")
+    sp.add_argument("--source-profile", default=None, help=".npz of source reference embeddings")
+    sp.add_argument("--epochs", type=int, default=None, help="overrides training.epochs")
+    sp = add("drift", cmd_drift, "test a dataset for drift against a source model's profile")
+    sp.add_argument("--source", required=True, help="models:/NAME@ALIAS, a bundle folder, or BACKBONE:WEIGHTS with --profile")
+    sp.add_argument("--data", required=True, help="ImageFolder tree or manifest")
+    sp.add_argument("--profile", default=None, help=".npz of reference embeddings (overrides the source's own)")
+    sp.add_argument("--backbone", default=None, help="architecture of a .pt source file")
+    add("status", cmd_status, "show registered versions, aliases, strategy and data revision")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``transferops`` console script."""
+    apply_offline_defaults()
+    args = get_args_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        err_console.print("transferops: interrupted")
+        return 130
+    except Exception as exc:  # one clear line for the user; tracebacks only on request
+        if _is_user_error(exc):
+            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            err_console.print(f"[bold red]transferops {args.command}: error:[/] {first}", highlight=False)
+            details = str(exc).splitlines()[1:]
+            for line in details[:20]:
+                err_console.print(f"  {line}", highlight=False)
+            return 2
+        raise
+    return 0
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from pydantic import ValidationError
+
+    names = {"ConfigError", "DatasetError", "DataValidationError", "RegistryError", "VersioningError",
+             "WeightsUnavailable", "DriftInputError"}
+    return type(exc).__name__ in names or isinstance(exc, (ValueError, FileNotFoundError, ValidationError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

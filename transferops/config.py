@@ -1,0 +1,207 @@
+"""One settings object for the whole project.
+
+Precedence, lowest to highest: the defaults below, a YAML file
+(``transferops.yaml`` in the project folder, or the file named by
+``TRANSFEROPS_CONFIG`` / ``--config``), then ``TRANSFEROPS_*`` environment
+variables (nested fields with ``__``, e.g. ``TRANSFEROPS_TRAINING__EPOCHS=3``).
+URIs and secrets belong in the environment, never in the YAML file or in git.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_FILENAME = "transferops.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is unusable; the message names it and the fix."""
+
+
+class DataConfig(BaseModel):
+    """How a dataset folder is read and split."""
+
+    # Fractions for datasets without train/ val/ test/ folders. Assignment hashes
+    # each file's path, so an image keeps its split when new data is appended.
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    # Validation fails when a class has fewer images than this in the train split.
+    min_images_per_class: int = Field(5, ge=1)
+    # PIL refuses to decode images above this many pixels (decompression bombs).
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+
+class TrainingConfig(BaseModel):
+    """Hyper-parameters of fine-tuning; the strategy may scale the backbone's rate."""
+
+    epochs: int = Field(8, ge=1)  # upper bound: early stopping usually ends sooner
+    patience: int = Field(3, ge=1)  # epochs without a better val accuracy before stopping
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)  # learning rate of the new head
+    # full_finetune trains the backbone at lr * backbone_lr_mult: pretrained
+    # features need smaller steps than a randomly initialised head.
+    backbone_lr_mult: float = Field(0.1, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda when present, else cpu
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    num_workers: int = Field(0, ge=0)  # 0 keeps CPU runs deterministic and light
+
+
+class StrategyConfig(BaseModel):
+    """Thresholds of the ``auto`` reuse-strategy choice."""
+
+    # "small" when the train split has fewer images per class than this.
+    small_max_per_class: int = Field(500, ge=1)
+    # "similar" when the target's similarity to the source domain is at least this.
+    similar_min_similarity: float = Field(0.5, ge=0, le=1)
+    # Blocks frozen by partial_finetune; None freezes the first half.
+    partial_freeze_blocks: int | None = Field(None, ge=0)
+    # Large and different: train from scratch (classic rule) or fine-tune everything.
+    large_different: Literal["scratch", "full_finetune"] = "scratch"
+
+
+class DriftConfig(BaseModel):
+    """Two-sample test on backbone embeddings."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # p-value below this is drift
+    n_permutations: int = Field(200, ge=10)
+    max_samples: int = Field(1000, ge=10)  # per side; larger samples are subsampled
+    profile_size: int = Field(1000, ge=10)  # reference embeddings kept per profile
+    seed: int = 0
+
+
+class PromotionConfig(BaseModel):
+    """When a challenger becomes champion."""
+
+    metric: str = "accuracy"  # held-out metric compared, higher is better
+    min_improvement: float = Field(0.0, ge=0)  # challenger must beat champion by more than this
+
+
+class Settings(BaseSettings):
+    """The resolved configuration; logged with every run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRANSFEROPS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    project_dir: Path = Path(".")
+    # Embedded default: sqlite:///<project>/.transferops/mlflow.db
+    tracking_uri: str | None = None
+    # Embedded default: <project>/.transferops/dvc-remote (a folder remote)
+    dvc_remote_url: str | None = None
+    experiment: str = "transferops"
+    model_name: str = "transferops-classifier"  # registered target model
+    source_model_name: str = "transferops-source"  # registered source models
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    drift: DriftConfig = DriftConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+    @field_validator("project_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the YAML file, so the environment must come first to win.
+        return env_settings, init_settings
+
+    # Derived locations of the embedded defaults.
+    @property
+    def state_dir(self) -> Path:
+        return self.project_dir / ".transferops"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.state_dir / "mlartifacts").as_uri()
+
+    @property
+    def resolved_dvc_remote(self) -> str:
+        return self.dvc_remote_url or str(self.state_dir / "dvc-remote")
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.project_dir / "reports"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.state_dir / "checkpoints"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved config for logging, with credentials in URIs masked."""
+        data = self.model_dump(mode="json")
+        data["tracking_uri"] = _mask(self.resolved_tracking_uri)
+        data["dvc_remote_url"] = _mask(self.resolved_dvc_remote)
+        return data
+
+
+def _mask(uri: str) -> str:
+    # user:password@host -> ***@host, so credentials never reach logs or MLflow params
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def load_settings(
+    project_dir: str | Path | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Resolve settings for a project folder: defaults < YAML < environment.
+
+    >>> s = load_settings("/tmp/proj")
+    >>> s.training.epochs  # doctest: +SKIP
+    8
+    """
+    env_project = os.environ.get("TRANSFEROPS_PROJECT_DIR")
+    root = Path(project_dir or env_project or ".").expanduser().resolve()
+    path = config_file or os.environ.get("TRANSFEROPS_CONFIG")
+    if path is None and (root / CONFIG_FILENAME).is_file():
+        path = root / CONFIG_FILENAME
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    values["project_dir"] = root
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        origin = f"in {path}" if path else "in TRANSFEROPS_* environment"
+        raise ConfigError(f"config field '{where}' {origin}: {err['msg']}; fix or remove it") from None
+    if project_dir is not None:
+        # An explicit folder beats TRANSFEROPS_PROJECT_DIR: it is the CLI's --workdir.
+        settings.project_dir = root
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data

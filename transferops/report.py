@@ -1,0 +1,108 @@
+"""Plots and the Markdown run report.
+
+Plots go where people would rather look than read: learning curves, the
+confusion matrix, and source-versus-target embeddings in 2-D (PCA). They are
+written as PNG files; the flows log them to MLflow and link them from the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Train/val loss and accuracy per epoch."""
+    plt = _pyplot()
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax2.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="val")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "Confusion matrix") -> Path:
+    """Row-normalised confusion matrix with counts in the cells."""
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    size = max(3.5, 0.45 * len(classes) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pca_2d(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Project arrays onto the first two principal components of their union."""
+    z = np.concatenate(arrays).astype(np.float64)
+    mu = z.mean(0)
+    _, _, vt = np.linalg.svd(z - mu, full_matrices=False)
+    return [(a - mu) @ vt[:2].T for a in arrays]
+
+
+def plot_embeddings(reference: np.ndarray, target: np.ndarray, path: Path, title: str,
+                    labels: tuple[str, str] = ("source", "target")) -> Path:
+    """Reference and target embeddings on their first two principal components."""
+    plt = _pyplot()
+    a, b = pca_2d(reference, target)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.scatter(a[:, 0], a[:, 1], s=6, alpha=0.45, label=f"{labels[0]} (n={len(a)})")
+    ax.scatter(b[:, 0], b[:, 1], s=6, alpha=0.45, label=f"{labels[1]} (n={len(b)})")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of dict rows."""
+    rows = list(rows)
+    if not rows:
+        return "_(none)_\n"
+    cols = list(columns or rows[0].keys())
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """Write a Markdown report of (heading, body) sections; images are linked by relative path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}\n"] + [f"## {h}\n\n{body.rstrip()}\n" for h, body in sections]
+    path.write_text("\n".join(parts))
+    return path
