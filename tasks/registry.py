@@ -43,12 +43,17 @@ def client(settings: Settings):
 
 
 def experiment_id(settings: Settings) -> str:
-    """The project's experiment, created with its artifacts under the project folder."""
+    """The project's experiment; on the embedded store its artifacts live in the project folder.
+
+    Against a tracking server the server decides (``--artifacts-destination``), so that
+    every worker can load what another one logged.
+    """
     c = client(settings)
     exp = c.get_experiment_by_name(settings.experiment)
     if exp is not None:
         return exp.experiment_id
-    return c.create_experiment(settings.experiment, artifact_location=settings.artifact_location)
+    local = settings.resolved_tracking_uri.startswith(("sqlite:", "file:", "/"))
+    return c.create_experiment(settings.experiment, artifact_location=settings.artifact_location if local else None)
 
 
 @task(retries=2, retry_delay_seconds=2)
@@ -139,32 +144,40 @@ def log_and_register(settings: Settings, run_id: str, name: str, model: Any, bun
         c.create_registered_model(name, description="Registered by transferops; load with models:/NAME@champion")
     source = f"{c.get_run(run_id).info.artifact_uri}/model"
     mv = c.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
-    return RegisteredVersion(name, mv.version, run_id, (), dict(mv.tags))
+    return RegisteredVersion(name, str(mv.version), run_id, (), dict(mv.tags))
 
 
 def set_alias(settings: Settings, name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``."""
-    client(settings).set_registered_model_alias(name, alias, version)
+    client(settings).set_registered_model_alias(name, alias, str(version))
 
 
 def alias_version(settings: Settings, name: str, alias: str):
-    """The ModelVersion holding ``alias``, or None when the model or alias does not exist."""
+    """The version holding ``alias``, or None when the model or alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(settings).get_model_version_by_alias(name, alias)
+        v = client(settings).get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+    return RegisteredVersion(v.name, str(v.version), v.run_id, tuple(v.aliases or ()), dict(v.tags))
 
 
 def list_versions(settings: Settings, name: str) -> list[RegisteredVersion]:
     """Every version of ``name``, newest first, with aliases and tags."""
+    from mlflow.exceptions import MlflowException
+
     c = client(settings)
     try:
-        versions = c.search_model_versions(f"name='{name}'")
-    except Exception:
+        # search results carry no aliases; the registered model has the alias map
+        alias_map = c.get_registered_model(name).aliases or {}
+    except MlflowException:
         return []
-    out = [RegisteredVersion(v.name, v.version, v.run_id, tuple(v.aliases or ()), dict(v.tags)) for v in versions]
+    by_version: dict[str, list[str]] = {}
+    for alias, version in alias_map.items():
+        by_version.setdefault(str(version), []).append(alias)
+    out = [RegisteredVersion(v.name, str(v.version), v.run_id, tuple(sorted(by_version.get(str(v.version), []))),
+                             dict(v.tags)) for v in c.search_model_versions(f"name='{name}'")]
     return sorted(out, key=lambda v: int(v.version), reverse=True)
 
 

@@ -71,13 +71,19 @@ def ensure_project(root: Path, remote_url: str) -> Path:
         from dvc.repo import Repo
 
         Repo.init(str(root))
+    from dvc.config_schema import RelPath
+
+    url: str = remote_url
+    if Path(remote_url).is_absolute() and Path(remote_url).resolve().is_relative_to(root.resolve()):
+        # stored relative to .dvc/, so the project folder can move (or be cloned) with its remote
+        url = RelPath(str(Path(remote_url).resolve()))
     repo = _repo(root)
     try:
         with repo.config.edit() as conf:
             conf["core"]["remote"] = "storage"
             conf["core"]["analytics"] = False
             conf["core"]["check_update"] = False
-            conf["remote"]["storage"] = {"url": remote_url}
+            conf["remote"]["storage"] = {"url": url}
     finally:
         repo.close()
     if not remote_url.startswith(("s3://", "gs://", "azure://", "http")):

@@ -107,6 +107,19 @@ def cmd_status(args: argparse.Namespace) -> None:
     _emit(args, rows, f"Registry at {s.resolved_tracking_uri}")
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    from transferops.samples import write_font_digits, write_handwritten_digits, write_shapes
+
+    writers = {"handwritten-digits": write_handwritten_digits, "typeset-digits": write_font_digits,
+               "shapes": write_shapes}
+    dest = Path(args.dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"{dest} is not empty; pass a new folder")
+    writers[args.kind](dest)
+    n = sum(1 for f in dest.rglob("*.png"))
+    _emit(args, {"kind": args.kind, "folder": str(dest.resolve()), "images": n}, "Sample dataset written")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from transferops.demo import run_demo
 
@@ -152,6 +165,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", default=None, help=".npz of reference embeddings (overrides the source's own)")
     sp.add_argument("--backbone", default=None, help="architecture of a .pt source file")
     add("status", cmd_status, "show registered versions, aliases, strategy and data revision")
+    sp = add("sample", cmd_sample, "write a bundled sample dataset (offline, deterministic) as an ImageFolder tree")
+    sp.add_argument("kind", choices=["handwritten-digits", "typeset-digits", "shapes"])
+    sp.add_argument("dest", help="new folder to write")
     return p
 
 

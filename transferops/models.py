@@ -182,7 +182,7 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
 def backbone_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The backbone's parametrised stages in forward order, as (qualified name, module).
 
-    Top-level children minus the head and parameter-free layers, with feature
+    Top-level children minus the head and stateless layers, with feature
     containers (``features``, ``layers``, ``encoder``...) expanded into their stages.
     """
 
@@ -194,7 +194,8 @@ def backbone_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             qual = f"{prefix}{name}"
             if name in EXPANDABLE and len(list(child.children())) > 1:
                 out.extend(walk(child, qual + "."))
-            elif any(True for _ in child.parameters()):
+            elif any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
+                # buffers count too: a frozen BatchNorm has no parameters but is still a block
                 out.append((qual, child))
         return out
 

@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from transferops.cli import get_args_parser, main
+
+COMMANDS = ["init", "demo", "source", "train", "drift", "status", "sample"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--workdir" in out and "--json" in out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "transferops.cli", "--help"], capture_output=True, text=True, check=True)
+    assert all(c in out.stdout for c in COMMANDS)
+
+
+def test_status_on_an_empty_project_is_an_empty_json_list(tmp_path, capsys):
+    assert main(["status", "--workdir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_user_errors_are_one_clear_line(tmp_path, capsys, source_bundle):
+    code = main(["drift", "--workdir", str(tmp_path), "--source", str(source_bundle), "--data", str(tmp_path / "nope")])
+    cap = capsys.readouterr()
+    err = cap.out + cap.err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "transferops.yaml").write_text("training: {epochs: -1}\n")
+    assert main(["status", "--workdir", str(tmp_path)]) == 2
+
+
+def test_drift_command_reports_the_alibi_fields(tmp_path, capsys, source_bundle, shapes_dir):
+    from transferops.samples import write_shapes
+
+    shifted = write_shapes(tmp_path / "shifted", per_class=30, classes=3, style="shifted")
+    assert main(["drift", "--workdir", str(tmp_path), "--source", str(source_bundle), "--data", str(shifted), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"is_drift", "p_val", "threshold", "distance", "similarity"} <= set(res)
+    assert res["is_drift"] and res["similarity"] < 0.2
+    assert main(["drift", "--workdir", str(tmp_path), "--source", str(source_bundle), "--data", str(shapes_dir), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert not same["is_drift"] and same["similarity"] > 0.8
+
+
+def test_parser_defaults():
+    args = get_args_parser().parse_args(["train", "--source", "resnet50:IMAGENET1K_V2"])
+    assert args.strategy == "auto" and args.data is None

@@ -1,0 +1,154 @@
+"""The flows under Prefect's test harness, with MLflow on a temporary SQLite store and a real git+DVC repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+LINEAGE = ("transferops.data_rev", "transferops.data_md5", "transferops.strategy", "transferops.source_similarity",
+           "transferops.drift_p_val", "transferops.git_sha", "transferops.backbone")
+
+
+def _settings(project: Path):
+    from transferops.config import load_settings
+
+    return load_settings(project)
+
+
+def _git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    (root / "transferops.yaml").write_text(yaml.safe_dump({"training": {"epochs": 6, "batch_size": 16, "lr": 0.01}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, project, shapes_dir, source_bundle):
+    from flows.train import TrainParams, train
+
+    return train(TrainParams(source=str(source_bundle), data=str(shapes_dir), project_dir=str(project), run_name="first"))
+
+
+def test_train_flow_registers_a_champion_with_full_lineage(first_run, project):
+    from tasks import registry
+
+    s = _settings(project)
+    versions = registry.list_versions(s, s.model_name)
+    assert [v.version for v in versions] == ["1"]
+    v = versions[0]
+    assert set(v.aliases) == {"champion", "challenger"}
+    for key in LINEAGE:
+        assert v.tags.get(key), f"lineage tag {key} missing"
+    dvc = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]
+    assert v.tags["transferops.data_md5"] == dvc["md5"] == first_run["data_md5"]
+    assert v.tags["transferops.data_rev"] == _git(project, "log", "-1", "--format=%H", "--", "data.dvc")
+    assert v.tags["transferops.strategy"] == first_run["strategy"]
+    assert v.tags["transferops.backbone"] == "resnet18"
+    assert v.tags["transferops.git_sha"] == subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    sim, p = float(v.tags["transferops.source_similarity"]), float(v.tags["transferops.drift_p_val"])
+    assert 0 <= sim <= 1 and 0 < p <= 1
+    assert first_run["promoted"] and first_run["test_accuracy"] > 0.6, "a trivially separable task should be learned"
+    # the data is in the DVC remote, and the run left its report and config
+    remote = Path(s.resolved_dvc_remote)
+    assert sum(1 for f in remote.rglob("*") if f.is_file()) >= dvc["nfiles"]
+    report = Path(first_run["report"])
+    assert report.is_file() and {"learning_curves.png", "confusion_matrix.png", "drift_embeddings.png"} <= {
+        p.name for p in report.parent.iterdir()}
+    c = registry.client(s)
+    artifacts = {a.path for a in c.list_artifacts(v.run_id)}
+    assert {"model", "bundle", "report", "config", "decision"} <= artifacts
+    assert c.get_run(v.run_id).info.status == "FINISHED"
+    assert c.get_run(v.run_id).data.metrics["test_accuracy"] == pytest.approx(first_run["test_accuracy"])
+
+
+def test_champion_loads_through_its_alias(first_run, project):
+    import mlflow.pytorch
+    import torch
+
+    s = _settings(project)
+    mlflow.set_tracking_uri(s.resolved_tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{s.model_name}@champion")
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 3)
+
+
+def test_worse_challenger_does_not_move_champion(first_run, project, tmp_path):
+    from flows.train import TrainParams, train
+    from tasks import registry
+
+    cfg = tmp_path / "worse.yaml"
+    cfg.write_text(yaml.safe_dump({"training": {"epochs": 1, "lr": 1e-9}}))  # the new head stays random
+    second = train(TrainParams(source=str(first_run_source(project)), data_rev=first_run["data_rev"],
+                               strategy="feature_extraction", project_dir=str(project), config_file=str(cfg),
+                               run_name="worse"))
+    s = _settings(project)
+    assert second["test_accuracy"] < first_run["test_accuracy"]
+    assert second["champion_test_accuracy"] == pytest.approx(first_run["test_accuracy"])  # same held-out split
+    assert not second["promoted"]
+    assert registry.alias_version(s, s.model_name, "champion").version == "1"
+    assert registry.alias_version(s, s.model_name, "challenger").version == "2"
+    assert second["data_md5"] == first_run["data_md5"]
+
+
+def first_run_source(project: Path) -> Path:
+    """The source bundle the first run used, as the run recorded it."""
+    from tasks import registry
+
+    s = _settings(project)
+    v = registry.alias_version(s, s.model_name, "champion")
+    return Path(v.tags["transferops.source"])
+
+
+def test_corrupt_image_stops_the_flow_before_training(prefect_harness, tmp_path, shapes_dir, source_bundle):
+    from flows.train import TrainParams, train
+    from tasks import registry
+    from tasks.validation import DataValidationError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shapes_dir, bad)
+    victim = sorted((bad / "square").iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated PNG
+    project = tmp_path / "proj"
+    with pytest.raises(DataValidationError, match=f"square/{victim.name}"):
+        train(TrainParams(source=str(source_bundle), data=str(bad), project_dir=str(project), run_name="bad"))
+    s = _settings(project)
+    assert registry.list_versions(s, s.model_name) == []
+    assert not (project / "data.dvc").exists() and not (project / "data").exists()
+    assert not (s.checkpoints_dir).exists(), "training must not have started"
+    report = json.loads((project / "reports" / "bad" / "validation.json").read_text())
+    assert not report["success"] and any(victim.name in str(r["examples"]) for r in report["results"])
+    runs = registry.client(s).search_runs([registry.experiment_id(s)])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert {a.path for a in registry.client(s).list_artifacts(runs[0].info.run_id)} >= {"report"}
+
+
+def test_source_flow_then_train_from_the_registry(prefect_harness, tmp_path, shapes_dir):
+    from flows.source import SourceParams, develop_source
+    from flows.train import TrainParams, train
+    from tasks import registry
+
+    project = tmp_path / "proj"
+    src = develop_source(SourceParams(data=str(shapes_dir), backbone="resnet18", image_size=32,
+                                      project_dir=str(project), epochs=1, run_name="src"))
+    s = _settings(project)
+    v = registry.alias_version(s, s.source_model_name, "champion")
+    assert v.version == src["version"] == "1" and v.tags["transferops.role"] == "source"
+    assert (project / "source-data.dvc").is_file()
+    files = {a.path for a in registry.client(s).list_artifacts(v.run_id, "bundle")}
+    assert {"bundle/weights.pt", "bundle/meta.json", "bundle/profile.npz"} <= files
+    out = train(TrainParams(source=src["uri"], data=str(shapes_dir), project_dir=str(project), epochs=1,
+                            strategy="auto", run_name="tgt"))
+    # the target *is* the source domain here: the similarity must say so
+    assert out["similarity"] > 0.5 and out["strategy"] in ("feature_extraction", "full_finetune")
+    assert registry.alias_version(s, s.model_name, "champion").tags["transferops.source"] == src["uri"]

@@ -1,0 +1,143 @@
+import pytest
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from transferops.models import (WeightsUnavailable, backbone_blocks, build_model, freeze, head_layer, head_parameters, load_bundle,
+                                model_from_bundle, reset_head, resolve_weights, save_bundle, trainable_parameters,
+                                transforms_spec, unfreeze)
+from transferops.training import make_optimizer
+
+FAMILIES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "squeezenet1_1", "regnet_y_400mf"]
+
+
+def _step(model: nn.Module, n_classes: int) -> None:
+    model.train()
+    opt = make_optimizer(model, lr=0.1)
+    x = torch.randn(4, 3, 64, 64) * 3 + 1  # far from BN's running stats, so unfrozen stats move
+    loss = nn.functional.cross_entropy(model(x), torch.randint(0, n_classes, (4,)))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_reset_head_changes_outputs_and_keeps_features(name):
+    torch.manual_seed(0)
+    model = build_model(name, 1000)
+    parent, key, old = head_layer(model)
+    new = reset_head(model, 7)
+    assert getattr(parent, key) is new and new is not old
+    model.eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_freeze_first_k_blocks_keeps_weights_and_bn_statistics(name):
+    torch.manual_seed(0)
+    model = build_model(name, 5)
+    blocks = backbone_blocks(model)
+    k = max(1, len(blocks) // 2)
+    freeze(model, k)
+    frozen = [p for _, b in blocks[:k] for p in b.parameters()]
+    assert frozen and all(not p.requires_grad for p in frozen)
+    assert all(p.requires_grad for _, b in blocks[k:] for p in b.parameters())
+    assert all(p.requires_grad for p in head_layer(model)[2].parameters())
+    frozen_bns = [m for _, b in backbone_blocks(model)[:k] for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not frozen_bns, "BatchNorm layers inside frozen blocks must become FrozenBatchNorm2d"
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    frozen_names = {n for q, _ in backbone_blocks(model)[:k] for n in before if n.startswith(q + ".") or n == q}
+    _step(model, 5)
+    after = model.state_dict()
+    for n in frozen_names:  # weights and running statistics alike
+        assert torch.equal(before[n], after[n]), f"{n} moved although its block is frozen"
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen_names)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_freeze_all_then_unfreeze(name):
+    model = build_model(name, 4)
+    n_all = len(list(model.parameters()))
+    freeze(model)
+    trainable = {id(p) for p in trainable_parameters(model)}
+    assert trainable and trainable <= {id(p) for p in head_parameters(model)}
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    unfreeze(model)
+    assert len(trainable_parameters(model)) == n_all
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    model.load_state_dict(build_model(name, 4).state_dict())  # plain torchvision layout again
+
+
+def test_vit_position_embedding_freezes_with_the_first_block():
+    model = build_model("vit_b_16", 3)
+    freeze(model, 1)
+    assert not model.class_token.requires_grad and not model.encoder.pos_embedding.requires_grad
+    assert model.encoder.layers[-1].mlp[0].weight.requires_grad
+
+
+def test_optimizer_takes_only_trainable_parameters_with_backbone_lr():
+    model = build_model("resnet18", 3)
+    freeze(model, 3)
+    opt = make_optimizer(model, lr=1e-3, backbone_lr_mult=0.1)
+    in_opt = [p for g in opt.param_groups for p in g["params"]]
+    assert len(in_opt) == len(trainable_parameters(model))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["head"]["lr"] == 1e-3 and groups["backbone"]["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in model.fc.parameters()}
+    freeze(model)
+    assert [g["name"] for g in make_optimizer(model, lr=1e-3).param_groups] == ["head"]
+
+
+def test_bad_names_fail_with_the_valid_options():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet19'.*resnet18"):
+        build_model("resnet19", 3)
+    with pytest.raises(ValueError, match="unknown weights 'IMAGENET9K'.*IMAGENET1K_V1"):
+        resolve_weights("resnet18", "IMAGENET9K")
+    with pytest.raises(ValueError, match="outside 0..6"):
+        freeze(build_model("resnet18", 2), 9)
+
+
+def test_enum_weights_come_from_the_torch_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match="not in the torch cache"):
+        build_model("resnet18", 3, weights="IMAGENET1K_V1")
+    # the same weights placed in the cache load without any network
+    ckpt = tmp_path / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(1)
+    reference = build_model("resnet18", 1000)
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(reference.state_dict(), ckpt / url.rsplit("/", 1)[1])
+    model = build_model("resnet18", 3, weights="IMAGENET1K_V1")
+    assert torch.equal(model.conv1.weight, reference.conv1.weight) and model.fc.out_features == 3
+
+
+def test_local_state_dict_file_uses_the_architecture_preprocessing(tmp_path):
+    torch.manual_seed(2)
+    ref = build_model("resnet18", 1000)
+    f = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), f)
+    w = resolve_weights("resnet18", f)
+    assert transforms_spec(w) == transforms_spec(ResNet18_Weights.DEFAULT.value)  # not a second copy
+    model = build_model("resnet18", 5, weights=f)
+    assert torch.equal(model.layer1[0].conv1.weight, ref.layer1[0].conv1.weight) and model.fc.out_features == 5
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        resolve_weights("resnet18", tmp_path / "missing.pt")
+
+
+def test_bundle_roundtrip_reproduces_the_model(tmp_path):
+    torch.manual_seed(3)
+    model = build_model("mobilenet_v3_small", 4)
+    freeze(model, 3)  # frozen BN layers must still export in plain torchvision layout
+    model.eval()
+    spec = {"crop_size": 32, "resize_size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
+    save_bundle(model, tmp_path / "b", backbone="mobilenet_v3_small", categories=list("abcd"), transforms=spec)
+    bundle = load_bundle(tmp_path / "b")
+    again = model_from_bundle(bundle)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model(x), again(x), atol=1e-5)
+    t = bundle.weights.transforms()
+    assert (t.crop_size, t.resize_size, t.mean) == ([32], [36], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="not a 'resnet18'"):
+        resolve_weights("resnet18", tmp_path / "b")

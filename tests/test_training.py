@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferops.models import build_model
+from transferops.training import evaluate, fit, make_optimizer, seed_everything, train_one_epoch
+
+
+def _loaders(seed=0):
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(48, 3, 16, 16, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()  # learnable: sign of the red channel's mean
+    train = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(TensorDataset(x[32:], y[32:]), batch_size=8)
+    return train, val
+
+
+def _run(epochs, ckpt=None, patience=10, lr=1e-3):
+    seed_everything(0)
+    model = build_model("resnet18", 2)
+    train, val = _loaders()
+    opt = make_optimizer(model, lr=lr)
+    res = fit(model, opt, train, val, num_classes=2, device=torch.device("cpu"), epochs=epochs, patience=patience,
+              checkpoint_path=ckpt)
+    return model, res
+
+
+def test_train_one_epoch_and_evaluate_return_metric_dicts():
+    seed_everything(0)
+    model = build_model("resnet18", 2)
+    train, val = _loaders()
+    m = train_one_epoch(model, torch.nn.CrossEntropyLoss(), make_optimizer(model, 1e-3), train, torch.device("cpu"), 0)
+    assert m["images"] == 32 and m["loss"] > 0 and 0 <= m["accuracy"] <= 1
+    e = evaluate(model, torch.nn.CrossEntropyLoss(), val, torch.device("cpu"), num_classes=2)
+    assert e["images"] == 16 and sum(map(sum, e["confusion"])) == 16
+    assert e["accuracy"] == pytest.approx(sum(e["confusion"][i][i] for i in range(2)) / 16)
+
+
+def test_fit_is_deterministic_on_cpu():
+    _, a = _run(2)
+    _, b = _run(2)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert [h["val_accuracy"] for h in a.history] == [h["val_accuracy"] for h in b.history]
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    _run(2, ckpt)  # "crashes" after epoch 2
+    model_resumed, resumed = _run(4, ckpt)
+    model_full, full = _run(4)
+    assert resumed.resumed_from == 1 and len(resumed.history) == 4
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history])
+    for a, b in zip(model_resumed.state_dict().values(), model_full.state_dict().values()):
+        assert torch.allclose(a.float(), b.float())
+
+
+def test_early_stopping_restores_the_best_epoch():
+    model, res = _run(12, patience=1, lr=1e-12)  # weights barely move, so val accuracy soon stops improving
+    assert res.stopped_early and len(res.history) == res.best_epoch + 2
+    _, val = _loaders()
+    again = evaluate(model, torch.nn.CrossEntropyLoss(), val, torch.device("cpu"), num_classes=2)
+    assert again["accuracy"] == res.best_accuracy == max(h["val_accuracy"] for h in res.history)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_with_bf16_autocast_and_channels_last():
+    seed_everything(0)
+    model = build_model("resnet18", 2)
+    train, val = _loaders()
+    res = fit(model, make_optimizer(model, 1e-3), train, val, num_classes=2, device=torch.device("cuda"), epochs=2,
+              patience=5, amp=True, channels_last=True)
+    assert len(res.history) == 2 and all(h["train_loss"] == h["train_loss"] for h in res.history)  # no NaN
+    assert next(model.parameters()).is_cuda
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
