@@ -111,7 +111,7 @@ class DriftOutcome:
 def measure_drift(settings: Settings, src: SourceModel, images: ImageSet, split: str | None = "train") -> DriftOutcome:
     """MMD two-sample test of the target's ``split`` (None: every image) against the source profile."""
     if src.profile is None:
-        return DriftOutcome(None, f"source {src.uri} has no profile; pass --source-profile FILE.npz")
+        return DriftOutcome(None, f"source {src.uri} has no profile (reference embeddings of its source domain)")
     device = resolve_device(settings.training.device)
     emb = embed_split(source_network(src), images, split, src.weights, settings.drift.max_samples,
                       settings.training.batch_size, device)
@@ -134,7 +134,8 @@ def pick_strategy(settings: Settings, requested: str, src: SourceModel, images: 
     sim = drift.similarity
     if requested == "auto":
         if sim is None:
-            raise ValueError(f"strategy 'auto' needs a source similarity, but {drift.reason}; or name a strategy")
+            raise ValueError(f"strategy 'auto' needs a source similarity, but {drift.reason}; "
+                             "pass --source-profile FILE.npz or name a strategy")
         return choose_strategy(per_class, sim, n_blocks=blocks, cfg=settings.strategy,
                                backbone_lr_mult=settings.training.backbone_lr_mult)
     return strategy_by_name(requested, n_blocks=blocks, cfg=settings.strategy,

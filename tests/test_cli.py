@@ -52,4 +52,16 @@ def test_drift_command_reports_the_alibi_fields(tmp_path, capsys, source_bundle,
 
 def test_parser_defaults():
     args = get_args_parser().parse_args(["train", "--source", "resnet50:IMAGENET1K_V2"])
-    assert args.strategy == "auto" and args.data is None
+    assert args.strategy == "auto" and args.data is None and args.workdir is None
+
+
+def test_only_the_demo_defaults_to_demo_workdir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "--json"]) == 0
+    assert (tmp_path / ".dvc").is_dir() and not (tmp_path / "demo-workdir").exists()
+    assert json.loads(capsys.readouterr().out)["project"] == str(tmp_path)
+
+
+def test_missing_data_folder_is_not_mistaken_for_a_revision(tmp_path, capsys):
+    code = main(["train", "--workdir", str(tmp_path), "--source", "x", "--data", "./nope"])
+    assert code == 2 and "data folder ./nope does not exist" in capsys.readouterr().err

@@ -65,7 +65,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     data, rev = None, None
     if args.data:
-        data, rev = (args.data, None) if Path(args.data).exists() else (None, args.data)
+        if Path(args.data).exists():
+            data = args.data
+        elif "/" in args.data or args.data.startswith("."):
+            raise FileNotFoundError(f"data folder {args.data} does not exist; pass an ImageFolder tree, a manifest, "
+                                    "or a git revision of data.dvc")
+        else:
+            rev = args.data
     result = train(TrainParams(source=args.source, data=data, data_rev=rev, strategy=args.strategy,
                                backbone=args.backbone, source_profile=args.source_profile,
                                project_dir=str(args.workdir), config_file=args.config, epochs=args.epochs))
@@ -82,7 +88,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     images = scan_dataset(args.data, s.data.val_fraction, s.data.test_fraction)
     outcome = measure_drift.fn(s, src, images, split=None)
     if outcome.result is None:
-        raise ValueError(outcome.reason)
+        raise ValueError(f"{outcome.reason}; pass --profile FILE.npz")
     result = {"source": args.source, "data": str(args.data), **outcome.result.as_dict(), "similarity": outcome.similarity}
     _emit(args, result, "Drift against the source profile")
 
@@ -132,7 +138,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: the current one)")
+    # default None, resolved per command: parent-parser actions are shared, so a
+    # subparser's set_defaults would leak into every other command
+    common.add_argument("--workdir", type=Path, default=None, help="project folder (default: the current one; demo: demo-workdir)")
     common.add_argument("--config", default=None, help="YAML settings file (default: <workdir>/transferops.yaml if present)")
     common.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
@@ -145,8 +153,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         return sp
 
     add("init", cmd_init, "make the folder a transferops project (git, DVC, remote, MLflow store)")
-    sp = add("demo", cmd_demo, "run the whole loop offline on sample data (about 2 minutes on 2 cores)")
-    sp.set_defaults(workdir=Path("demo-workdir"))
+    add("demo", cmd_demo, "run the whole loop offline on sample data (about a minute on 2 cores)")
     sp = add("source", cmd_source, "develop a source model on a large source dataset and register it with its profile")
     sp.add_argument("--data", required=True, help="ImageFolder tree or manifest of the source domain")
     sp.add_argument("--backbone", default="resnet18", help="torchvision architecture (default: resnet18)")
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``transferops`` console script."""
     apply_offline_defaults()
     args = get_args_parser().parse_args(argv)
+    if args.workdir is None:
+        args.workdir = Path("demo-workdir") if args.command == "demo" else Path(".")
     try:
         args.func(args)
     except KeyboardInterrupt:
