@@ -21,8 +21,17 @@ from prefect import task
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
-# DVC's hints ("to track the changes with git, run ...") are done by this module itself.
-logging.getLogger("dvc").setLevel(logging.WARNING)
+
+
+def _quiet_dvc() -> None:
+    """DVC configures its logger when first imported; keep its INFO hints off stdout.
+
+    Its hints ("to track the changes with git, run ...") are what this module does itself,
+    and on stdout they would corrupt ``--json`` output.
+    """
+    import dvc.logger  # noqa: F401  (the import runs DVC's own logging set-up)
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)
 
 GITIGNORE = ".transferops/\nreports/\n"
 
@@ -59,6 +68,7 @@ def git(root: Path, *args: str, check: bool = True) -> str:
 def _repo(root: Path):
     from dvc.repo import Repo
 
+    _quiet_dvc()
     return Repo(str(root))
 
 
@@ -70,6 +80,7 @@ def ensure_project(root: Path, remote_url: str) -> Path:
     if not (root / ".dvc").is_dir():
         from dvc.repo import Repo
 
+        _quiet_dvc()
         Repo.init(str(root))
     from dvc.config_schema import RelPath
 
@@ -154,6 +165,7 @@ def checkout_version(root: Path, rev: str, dest: Path, target: str = "data") -> 
     """Materialise ``target`` as of git ``rev`` into ``dest`` (from the cache or the remote)."""
     from dvc.api import DVCFileSystem
 
+    _quiet_dvc()
     root = Path(root).resolve()
     full = git(root, "rev-parse", "--verify", f"{rev}^{{commit}}", check=False)
     if not full:

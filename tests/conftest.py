@@ -17,6 +17,7 @@ apply_offline_defaults()
 # `import prefect` alone does not do (lazy imports). Loading it here binds pytest's
 # session-long capture, not a per-test capsys stream that is closed after its test.
 from prefect import flow  # noqa: E402,F401
+import dvc.repo  # noqa: E402,F401  (same for DVC's log handlers)
 
 
 # --------------------------------------------------------------------------- network guard
