@@ -60,7 +60,7 @@ def train(params: TrainParams) -> dict:
     try:
         validation = validate_dataset(incoming, dcfg.min_images_per_class, dcfg.max_image_pixels)
     except DataValidationError as exc:
-        _record_validation_failure(settings, run_name, exc)
+        reporting.record_validation_failure(settings, run_name, exc)
         raise
     if params.data:
         version = versioning.version_dataset(root, Path(params.data), "data")
@@ -90,7 +90,7 @@ def train(params: TrainParams) -> dict:
         decision = decide_promotion(metrics, champ_metrics, settings.promotion)
 
         # 7. register with lineage, then move aliases
-        tags = lineage_tags(version, choice, drift, src.backbone, params.source, metrics)
+        tags = registry.lineage_tags(version, choice, drift, src.backbone, params.source, metrics)
         bundle = modeling.export_bundle(settings, trained.model, src, images, settings.state_dir / "bundles" / run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})
         example = modeling.input_example(src.weights, images)
@@ -118,32 +118,6 @@ def train(params: TrainParams) -> dict:
         registry.end_run(settings, run_id, "FAILED")
         raise
     return summary | {"report": str(report)}
-
-
-def lineage_tags(version, choice, drift, backbone: str, source: str, metrics: dict) -> dict[str, str]:
-    """The lineage every registered version carries."""
-    na = f"n/a ({drift.reason})"
-    return {
-        "transferops.data_rev": version.rev,
-        "transferops.data_md5": version.md5,
-        "transferops.strategy": choice.name,
-        "transferops.strategy_reason": choice.reason[:4000],
-        "transferops.source_similarity": f"{drift.similarity:.6f}" if drift.similarity is not None else na,
-        "transferops.drift_p_val": f"{drift.result.p_val:.6f}" if drift.result else na,
-        "transferops.git_sha": versioning.code_git_sha(),
-        "transferops.backbone": backbone,
-        "transferops.source": source,
-        "transferops.test_accuracy": f"{metrics['accuracy']:.6f}",
-    }
-
-
-def _record_validation_failure(settings, run_name: str, exc: DataValidationError) -> None:
-    """A FAILED MLflow run holding the GX result, and the report; nothing is registered."""
-    path = exc.report.write(settings.reports_dir / run_name / "validation.json")
-    run_id = registry.start_run(settings, run_name, {"transferops.flow": "train", "transferops.status": "failed_validation"})
-    reporting.write_run_report(settings, run_id, run_name, {"status": "failed validation", "error": str(exc).splitlines()[0]},
-                               [], None, [], None, None, path)
-    registry.end_run(settings, run_id, "FAILED")
 
 
 if __name__ == "__main__":

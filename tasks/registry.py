@@ -210,3 +210,22 @@ def download_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dic
     dest.mkdir(parents=True, exist_ok=True)
     local = c.download_artifacts(mv.run_id, "bundle", str(dest))
     return Path(local), dict(mv.tags)
+
+
+def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: str, metrics: dict[str, Any]) -> dict[str, str]:
+    """The lineage every registered target version carries (data, strategy, drift, code, backbone)."""
+    from tasks.versioning import code_git_sha
+
+    na = f"n/a ({drift.reason})"
+    return {
+        "transferops.data_rev": version.rev,
+        "transferops.data_md5": version.md5,
+        "transferops.strategy": choice.name,
+        "transferops.strategy_reason": choice.reason[:4000],
+        "transferops.source_similarity": f"{drift.similarity:.6f}" if drift.similarity is not None else na,
+        "transferops.drift_p_val": f"{drift.result.p_val:.6f}" if drift.result else na,
+        "transferops.git_sha": code_git_sha(),
+        "transferops.backbone": backbone,
+        "transferops.source": source,
+        "transferops.test_accuracy": f"{metrics['accuracy']:.6f}",
+    }

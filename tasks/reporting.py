@@ -44,3 +44,16 @@ def write_run_report(settings: Settings, run_id: str, run_name: str, facts: dict
     path = write_report(folder / "report.md", f"transferops run {run_name}", sections)
     registry.log_artifacts(settings, run_id, [p for p in folder.iterdir()], "report")
     return path
+
+
+def record_validation_failure(settings: Settings, run_name: str, exc: Any) -> Path:
+    """Keep a failed validation visible: the GX result in reports/ and in a FAILED MLflow run.
+
+    Nothing is versioned or registered; returns the report path.
+    """
+    path = exc.report.write(settings.reports_dir / run_name / "validation.json")
+    run_id = registry.start_run(settings, run_name, {"transferops.flow": "train", "transferops.status": "failed_validation"})
+    report = write_run_report(settings, run_id, run_name, {"status": "failed validation", "error": str(exc).splitlines()[0]},
+                              [], None, [], None, None, path)
+    registry.end_run(settings, run_id, "FAILED")
+    return report
