@@ -14,8 +14,9 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows.data import DataParams, add_data
 from tasks import modeling, registry, reporting, versioning
-from tasks.validation import load_dataset, validate_dataset
+from tasks.validation import load_dataset
 from transferops.config import load_settings
 
 
@@ -40,11 +41,13 @@ def develop_source(params: SourceParams) -> dict:
     root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote)
     run_name = params.run_name or f"source-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
-    incoming = load_dataset(Path(params.data), dcfg.val_fraction, dcfg.test_fraction)
-    validation = validate_dataset(incoming, dcfg.min_images_per_class, dcfg.max_image_pixels)
-    version = versioning.version_dataset(root, Path(params.data), "source-data", f"source data from {params.data}")
+    # a source dataset is a snapshot: replace, so its class set is its own
+    added = add_data(DataParams(source=params.data, target="source-data", replace=True,
+                                message=f"source data from {params.data}", project_dir=str(settings.project_dir),
+                                config_file=params.config_file, run_name=run_name))
+    version = versioning.checkout_version(root, added["rev"], settings.state_dir / "datasets" / added["rev"], "source-data")
     images = load_dataset(Path(version.path), dcfg.val_fraction, dcfg.test_fraction)
-    validation_file = validation.write(settings.reports_dir / run_name / "validation.json")
+    validation_file = Path(added["validation"])
 
     run_id = registry.start_run(settings, run_name, {"transferops.flow": "source", "transferops.data_rev": version.rev})
     try:

@@ -13,6 +13,7 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field, model_validator
 
+from flows.data import DataParams, add_data
 from tasks import modeling, registry, reporting, versioning
 from tasks.validation import DataValidationError, load_dataset, validate_dataset
 from transferops.config import load_settings
@@ -25,6 +26,7 @@ class TrainParams(BaseModel):
     source: str = Field(description="models:/NAME@ALIAS, BACKBONE:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), a bundle folder, or a .pt file")
     data: str | None = Field(None, description="ImageFolder tree or manifest to ingest as a new data version")
     data_rev: str | None = Field(None, description="git revision of data.dvc to train on instead (default: the current one)")
+    allow_class_change: bool = Field(False, description="accept data whose class set differs from the champion's")
     strategy: Literal["auto", "feature_extraction", "partial_finetune", "full_finetune", "scratch"] = "auto"
     backbone: str | None = Field(None, description="architecture of a .pt source file")
     source_profile: str | None = Field(None, description=".npz of source reference embeddings, overriding the source's own")
@@ -50,24 +52,23 @@ def train(params: TrainParams) -> dict:
     run_name = params.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
 
-    # 1-2. validate the incoming data, then make it a version (or reuse an existing version)
+    # 1-2. validate and version new data (the data flow), or check out an existing version
     if params.data:
-        incoming = load_dataset(Path(params.data), dcfg.val_fraction, dcfg.test_fraction)
+        added = add_data(DataParams(source=params.data, allow_class_change=params.allow_class_change,
+                                    project_dir=str(settings.project_dir), config_file=params.config_file,
+                                    run_name=run_name))
+        rev = added["rev"]
     else:
         rev = params.data_rev or versioning.current_version(root).rev
-        checked = versioning.checkout_version(root, rev, settings.state_dir / "datasets" / rev)
-        incoming = load_dataset(Path(checked.path), dcfg.val_fraction, dcfg.test_fraction)
-    try:
-        validation = validate_dataset(incoming, dcfg.min_images_per_class, dcfg.max_image_pixels)
-    except DataValidationError as exc:
-        reporting.record_validation_failure(settings, run_name, exc)
-        raise
-    if params.data:
-        version = versioning.version_dataset(root, Path(params.data), "data")
-        images = load_dataset(Path(version.path), dcfg.val_fraction, dcfg.test_fraction)
-    else:
-        version, images = checked, incoming
-    validation_file = validation.write(settings.reports_dir / run_name / "validation.json")
+    version = versioning.checkout_version(root, rev, settings.state_dir / "datasets" / rev)
+    images = load_dataset(Path(version.path), dcfg.val_fraction, dcfg.test_fraction)
+    validation_file = settings.reports_dir / run_name / "validation.json"
+    if not params.data:  # an existing version is validated again: rules may have changed since
+        try:
+            validate_dataset(images, dcfg).write(validation_file)
+        except DataValidationError as exc:
+            reporting.record_validation_failure(settings, run_name, exc)
+            raise
 
     run_id = registry.start_run(settings, run_name, {"transferops.flow": "train", "transferops.data_rev": version.rev})
     try:
@@ -90,7 +91,7 @@ def train(params: TrainParams) -> dict:
         decision = decide_promotion(metrics, champ_metrics, settings.promotion)
 
         # 7. register with lineage, then move aliases
-        tags = registry.lineage_tags(version, choice, drift, src.backbone, params.source, metrics)
+        tags = registry.lineage_tags(version, choice, drift, src.backbone, params.source, metrics, images.classes)
         bundle = modeling.export_bundle(settings, trained.model, src, images, settings.state_dir / "bundles" / run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})
         example = modeling.input_example(src.weights, images)

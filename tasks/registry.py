@@ -212,7 +212,8 @@ def download_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dic
     return Path(local), dict(mv.tags)
 
 
-def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: str, metrics: dict[str, Any]) -> dict[str, str]:
+def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: str, metrics: dict[str, Any],
+                 classes: list[str]) -> dict[str, str]:
     """The lineage every registered target version carries (data, strategy, drift, code, backbone)."""
     from tasks.versioning import code_git_sha
 
@@ -228,4 +229,19 @@ def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: s
         "transferops.backbone": backbone,
         "transferops.source": source,
         "transferops.test_accuracy": f"{metrics['accuracy']:.6f}",
+        "transferops.classes": json.dumps(classes),
     }
+
+
+def expected_classes(settings: Settings, target: str, base: Any) -> list[str] | None:
+    """The class set a new version of ``target`` must keep: the registered champion's for the
+    training data, else the current version's; None when there is nothing to keep."""
+    local_db = settings.state_dir / "mlflow.db"
+    no_registry = settings.tracking_uri is None and not local_db.exists()  # nothing registered yet
+    if target == "data" and not no_registry:
+        champion = alias_version(settings, settings.model_name, CHAMPION)
+        if champion is not None and champion.tags.get("transferops.classes"):
+            return json.loads(champion.tags["transferops.classes"])
+    if base is not None and len(base):
+        return sorted(base["label"].unique().tolist())
+    return None

@@ -1,7 +1,8 @@
 """Dataset validation with Great Expectations: the only adapter to GX.
 
-The core builds two tables (``transferops.data.image_table`` and
-``class_count_table``); a GX suite on an ephemeral context checks them. A failed
+The core builds the per-image table (``transferops.data.image_table``: decode status,
+mode, size, sha256, cross-split duplicates); a GX suite on an ephemeral context checks it
+and a per-class count table derived from it. A failed
 validation raises :class:`DataValidationError` carrying the full report.
 """
 
@@ -15,8 +16,9 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from transferops.data import SPLITS, ImageSet, class_count_table, image_table
+from transferops.data import SPLITS, ImageSet, image_table
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
@@ -38,6 +40,8 @@ class ValidationReport:
 
     success: bool
     n_images: int
+    duplicates_within_split: int = 0
+    table: pd.DataFrame | None = None  # the per-image table, reused by the ingest
     results: list[dict[str, Any]] = field(default_factory=list)
     gx_results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -54,29 +58,65 @@ class ValidationReport:
 
     def write(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"success": self.success, "n_images": self.n_images, "results": self.results,
+        path.write_text(json.dumps({"success": self.success, "n_images": self.n_images,
+                                    "duplicates_within_split": self.duplicates_within_split, "results": self.results,
                                     "great_expectations": self.gx_results}, indent=2, default=str))
         return path
 
 
-def _expectations(classes: list[str], min_count: int):
+@dataclass(frozen=True)
+class Rules:
+    """What the suite expects, from ``DataConfig`` plus the run's class list."""
+
+    classes: list[str]
+    min_count: int
+    allowed_modes: list[str]
+    min_side: int
+    max_side: int
+    max_imbalance: float
+    expected_classes: list[str] | None = None  # the registered model's, unless the class set may change
+
+    @classmethod
+    def from_config(cls, cfg: Any, classes: list[str], expected_classes: list[str] | None = None) -> "Rules":
+        return cls(classes, cfg.min_images_per_class, list(cfg.allowed_modes), cfg.min_side, cfg.max_side,
+                   cfg.max_class_imbalance, expected_classes)
+
+
+def _expectations(rules: Rules):
     import great_expectations as gx
 
     E = gx.expectations
+    decoded = {"row_condition": "decodes==True", "condition_parser": "pandas"}
     images = [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
-        E.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
+        E.ExpectColumnValuesToBeInSet(column="label", value_set=rules.classes),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        E.ExpectColumnValuesToBeInSet(column="mode", value_set=rules.allowed_modes, **decoded),
+        E.ExpectColumnValuesToBeBetween(column="width", min_value=rules.min_side, max_value=rules.max_side, **decoded),
+        E.ExpectColumnValuesToBeBetween(column="height", min_value=rules.min_side, max_value=rules.max_side, **decoded),
         E.ExpectColumnValuesToBeInSet(column="duplicate_across_splits", value_set=[False]),
     ]
-    counts = [E.ExpectColumnValuesToBeBetween(column="count", min_value=min_count,
-                                              row_condition='split=="train"', condition_parser="pandas")]
+    if rules.expected_classes is not None:
+        images.append(E.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=rules.expected_classes))
+    train = {"row_condition": 'split=="train"', "condition_parser": "pandas"}
+    counts = [E.ExpectColumnValuesToBeBetween(column="count", min_value=rules.min_count, **train),
+              E.ExpectColumnValuesToBeBetween(column="share_of_largest", min_value=1.0 / rules.max_imbalance, **train)]
     return images, counts
 
 
-def run_suite(images_df: pd.DataFrame, counts_df: pd.DataFrame, classes: list[str], min_count: int) -> ValidationReport:
-    """Validate the image table and the class-count table with one ephemeral GX context."""
+def counts_table(table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Images per (split, class), zero rows included, and each class's share of the largest."""
+    n = table.groupby(["split", "label"]).size()
+    rows = [{"split": s, "label": c, "count": int(n.get((s, c), 0))} for s in SPLITS for c in classes]
+    df = pd.DataFrame(rows, columns=["split", "label", "count"])
+    largest = df.groupby("split")["count"].transform("max").clip(lower=1)
+    df["share_of_largest"] = df["count"] / largest
+    return df
+
+
+def run_suite(images_df: pd.DataFrame, rules: Rules) -> ValidationReport:
+    """Validate the image table and its class-count table with one ephemeral GX context."""
     import great_expectations as gx
 
     # GX sets its own logger levels on import; its "temporary docs site" notice is noise here.
@@ -85,7 +125,10 @@ def run_suite(images_df: pd.DataFrame, counts_df: pd.DataFrame, classes: list[st
     ctx.variables.progress_bars = {"globally": False}
     source = ctx.data_sources.add_pandas("transferops")
     report = ValidationReport(success=True, n_images=len(images_df))
-    image_exps, count_exps = _expectations(classes, min_count)
+    counts_df = counts_table(images_df, rules.classes)
+    dups = images_df[images_df.sha256 != ""].duplicated(["split", "sha256"]).sum()
+    report.duplicates_within_split = int(dups)  # reported, not fatal: augmentation copies are common
+    image_exps, count_exps = _expectations(rules)
     for name, df, exps, key in (("images", images_df, image_exps, "path"), ("class_counts", counts_df, count_exps, "label")):
         batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = ctx.suites.add(gx.ExpectationSuite(name=f"transferops_{name}"))
@@ -118,11 +161,27 @@ def _describe(row: dict[str, Any], df: pd.DataFrame) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.items())
 
 
-@task
-def validate_dataset(images: ImageSet, min_count: int, max_pixels: int) -> ValidationReport:
-    """Decode every image and run the GX suite; raise DataValidationError when it fails."""
-    table = image_table(images, max_pixels=max_pixels)
-    report = run_suite(table, class_count_table(images), images.classes, min_count)
+@task(cache_policy=NO_CACHE)
+def validate_dataset(images: ImageSet, cfg: Any, expected_classes: list[str] | None = None,
+                     base: pd.DataFrame | None = None) -> ValidationReport:
+    """Decode every image of ``images`` and run the GX suite over them plus ``base``.
+
+    ``base`` is the already-validated table of the version being appended to; only
+    the new images are decoded, but the expectations hold for the resulting version.
+    Raises DataValidationError when the suite fails.
+    """
+    table = image_table(images, max_pixels=cfg.max_image_pixels)
+    table["new"] = True
+    full = table
+    if base is not None and len(base):
+        old = base[~base.path.isin(table.path)].assign(new=False)
+        full = pd.concat([old, table], ignore_index=True)
+        leaking = full[full.sha256 != ""].groupby("sha256")["split"].nunique()
+        full["duplicate_across_splits"] = full.sha256.isin(set(leaking[leaking > 1].index))
+    # the class list is the dataset's own (folders, classes.txt) plus the version appended to
+    classes = sorted(set(images.classes) | (set(base.label) if base is not None else set()))
+    report = run_suite(full, Rules.from_config(cfg, classes, expected_classes))
+    report.table = table
     if not report.success:
         n = len(report.failures())
         raise DataValidationError(f"dataset {images.root} failed {n} expectation(s):\n{report.summary()}", report)

@@ -11,12 +11,14 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from transferops.offline import apply_offline_defaults
 
@@ -42,13 +44,14 @@ class VersioningError(RuntimeError):
 
 @dataclass(frozen=True)
 class DataVersion:
-    """One version of a tracked folder: git revision, DVC hash, file count."""
+    """One version of a tracked folder: git revision, DVC hash, and the store's summary."""
 
     target: str
     rev: str
     md5: str
     nfiles: int
     path: str
+    meta: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,75 +113,136 @@ def ensure_project(root: Path, remote_url: str) -> Path:
 
 
 def read_dvc_file(root: Path, target: str, rev: str | None = None) -> dict[str, Any]:
-    """The ``outs[0]`` entry of ``<target>.dvc`` in the work tree or at ``rev``."""
+    """The parsed ``<target>.dvc`` in the work tree or at ``rev``."""
     name = f"{target}.dvc"
     text = git(root, "show", f"{rev}:{name}") if rev else (root / name).read_text()
-    out = yaml.safe_load(text)["outs"][0]
-    return out
+    return yaml.safe_load(text)
+
+
+def _version(root: Path, target: str, rev: str, path: str) -> DataVersion:
+    doc = read_dvc_file(root, target, rev)
+    out = doc["outs"][0]
+    return DataVersion(target, rev, out["md5"], int(out.get("nfiles", 0)), path, doc.get("meta") or {})
 
 
 def current_version(root: Path, target: str = "data") -> DataVersion:
     """The version last committed for ``target``."""
     dvc_file = root / f"{target}.dvc"
     if not dvc_file.is_file():
-        raise VersioningError(f"{dvc_file} does not exist; version a dataset first (pass --data DIR)")
+        raise VersioningError(f"{dvc_file} does not exist; add a dataset first (transferops data add DIR)")
     rev = git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc")
     if not rev:
-        raise VersioningError(f"{dvc_file} is not committed; commit it or pass --data DIR")
-    out = read_dvc_file(root, target, rev)
-    return DataVersion(target, rev, out["md5"], int(out.get("nfiles", 0)), str(root / target))
+        raise VersioningError(f"{dvc_file} is not committed; commit it or add the data again")
+    return _version(root, target, rev, str(root / target))
 
 
-@task(retries=2, retry_delay_seconds=2)
-def version_dataset(root: Path, source: Path, target: str = "data", message: str | None = None) -> DataVersion:
-    """Copy ``source`` into ``root/<target>``, ``dvc add`` it, commit ``<target>.dvc`` and push.
+def list_versions(root: Path, target: str = "data") -> list[dict[str, Any]]:
+    """Every committed version of ``target``, newest first: revision, date, message, counts, hashes."""
+    log = git(root, "log", "--format=%H%x09%aI%x09%s", "--", f"{target}.dvc", check=False)
+    rows = []
+    for line in filter(None, log.splitlines()):
+        rev, date, message = line.split("\t", 2)
+        try:
+            v = _version(root, target, rev, "")
+        except VersioningError:  # a commit that deleted the file
+            continue
+        counts = v.meta.get("counts", {})
+        rows.append({"rev": rev, "date": date, "message": message, "images": v.meta.get("n_images", v.nfiles),
+                     "classes": len(v.meta.get("classes", [])),
+                     "train/val/test": "/".join(str(sum(counts.get(s, {}).values())) for s in ("train", "val", "test")),
+                     "content_hash": v.meta.get("content_hash", ""), "md5": v.md5, "counts": counts})
+    return rows
 
-    The copy goes to a temporary folder first and replaces the old version in
-    one rename, so a failure leaves the previous version intact.
-    """
-    root, source = Path(root).resolve(), Path(source).resolve()
+
+def store_table(root: Path, target: str = "data") -> Any:
+    """The validated per-image table of the current version (to validate an append against), or None."""
+    from transferops.store import is_store, read_index
+
     dest = root / target
-    if source != dest:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target}-", dir=dest.parent))
-        shutil.copytree(source, staging / "new", symlinks=False)
-        if dest.exists():
-            shutil.rmtree(dest)
-        (staging / "new").rename(dest)
-        shutil.rmtree(staging, ignore_errors=True)
+    if not is_store(dest):
+        return None
+    idx = read_index(dest)
+    return idx.assign(decodes=True, error="", bytes=idx["size"])[
+        ["path", "label", "split", "decodes", "error", "width", "height", "mode", "bytes", "sha256"]]
+
+
+@task(cache_policy=NO_CACHE)
+def add_version(root: Path, images: Any, table: Any, target: str = "data", message: str | None = None,
+                replace: bool = False) -> DataVersion:
+    """Ingest validated ``images`` into the store at ``root/<target>``, ``dvc add`` it and commit ``<target>.dvc``.
+
+    ``table`` is the validation table of ``images`` (same order): its hashes and sizes
+    are reused, so nothing is decoded twice. The store swaps in atomically; on a failure
+    before the commit, the previous version stays checked out. Push with ``push_version``.
+    """
+    from transferops.data import read_bytes
+    from transferops.store import ingest, read_version
+
+    root = Path(root).resolve()
+    dest = root / target
+    rows = table[["path", "label", "split", "sha256", "width", "height", "mode"]].reset_index(drop=True)
+    summary = ingest(dest, rows, lambda i: read_bytes(images.records[i]), replace=replace)
+    if summary.added == 0 and (root / f"{target}.dvc").is_file():
+        v = current_version(root, target)  # nothing new: the current version stands
+        return replace_(v, meta=v.meta | {"added": 0, "new_bytes": 0, "reused": summary.reused, "unchanged": True})
     repo = _repo(root)
     repo.scm_context.quiet = True  # its "git add ..." hints: this function commits itself
     try:
         repo.add(str(dest))
-        git(root, "add", f"{target}.dvc", ".gitignore")
-        if git(root, "status", "--porcelain", "--", f"{target}.dvc"):
-            out = read_dvc_file(root, target)
-            git(root, "commit", "-q", "-m", message or f"data: {target} {out['md5'][:12]} ({out.get('nfiles', '?')} files)")
-        repo.push(targets=[str(dest)])
     finally:
         repo.close()
+    meta = read_version(dest)
+    dvc_file = root / f"{target}.dvc"
+    doc = yaml.safe_load(dvc_file.read_text())
+    # the version's summary travels in git, so `data list` needs no data
+    doc["meta"] = {k: meta[k] for k in ("n_images", "classes", "counts", "content_hash")} | {
+        "added": summary.added, "new_bytes": summary.new_bytes, "reused": summary.reused}
+    dvc_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    git(root, "add", f"{target}.dvc", ".gitignore")
+    if git(root, "status", "--porcelain", "--", f"{target}.dvc"):
+        default = f"{target}: +{summary.added} images ({summary.new_bytes} new bytes), {summary.n_images} in all"
+        git(root, "commit", "-q", "-m", message or default)
     return current_version(root, target)
 
 
 @task(retries=2, retry_delay_seconds=2)
+def push_version(root: Path, target: str = "data") -> None:
+    """Upload the version's files the remote lacks (after an append: the new pack and index part)."""
+    repo = _repo(Path(root).resolve())
+    try:
+        repo.push(targets=[str(Path(root).resolve() / target)])
+    finally:
+        repo.close()
+
+
+@task(retries=2, retry_delay_seconds=2)
 def checkout_version(root: Path, rev: str, dest: Path, target: str = "data") -> DataVersion:
-    """Materialise ``target`` as of git ``rev`` into ``dest`` (from the cache or the remote)."""
+    """Materialise ``target`` as of git ``rev`` into ``dest`` (from the cache, else the remote),
+    then verify it bit for bit against the hashes it records."""
     from dvc.api import DVCFileSystem
+
+    from transferops.store import is_store, verify
 
     _quiet_dvc()
     root = Path(root).resolve()
     full = git(root, "rev-parse", "--verify", f"{rev}^{{commit}}", check=False)
     if not full:
-        raise VersioningError(f"data revision '{rev}' is not a commit of {root}; see `git log -- {target}.dvc`")
-    out = read_dvc_file(root, target, full)
+        raise VersioningError(f"data revision '{rev}' is not a commit of {root}; see `transferops data list`")
+    if not git(root, "ls-tree", "--name-only", full, f"{target}.dvc"):
+        raise VersioningError(f"revision {rev} has no {target}.dvc; see `transferops data list`")
+    here = root / target
+    if is_store(here) and full == git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc", check=False):
+        verify(here, full=False)  # the current version is already checked out: no copy
+        return _version(root, target, full, str(here))
     dest = Path(dest)
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        fs = DVCFileSystem(str(root), rev=full)
-        fs.get(target, str(tmp), recursive=True)
+        DVCFileSystem(str(root), rev=full).get(target, str(tmp), recursive=True)
+        if is_store(tmp):
+            verify(tmp)
         tmp.rename(dest)
-    return DataVersion(target, full, out["md5"], int(out.get("nfiles", 0)), str(dest))
+    return _version(root, target, full, str(dest))
 
 
 def git_head(root: Path) -> str:

@@ -10,16 +10,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_root_data_dvc_is_the_regenerated_sample(tmp_path):
-    from tasks.versioning import ensure_project, version_dataset
+    from flows.data import DataParams, add_data_direct
     from transferops.samples import write_handwritten_digits
 
-    pinned = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
+    pinned = yaml.safe_load((REPO / "data.dvc").read_text())
     write_handwritten_digits(tmp_path / "sample")
     project = tmp_path / "proj"
-    ensure_project(project, str(project / ".transferops" / "dvc-remote"))
-    version = version_dataset.fn(project, tmp_path / "sample")
-    assert (version.md5, version.nfiles) == (pinned["md5"], pinned["nfiles"]), (
-        "the sample no longer regenerates byte for byte; if a dependency changed PNG encoding, "
-        "rerun `transferops sample handwritten-digits data && dvc add data` and commit data.dvc")
+    version = add_data_direct(DataParams(source=str(tmp_path / "sample"), project_dir=str(project)))
+    assert (version["md5"], version["meta"]["content_hash"]) == (pinned["outs"][0]["md5"], pinned["meta"]["content_hash"]), (
+        "the sample no longer regenerates byte for byte; if a dependency changed PNG encoding, run "
+        "`transferops sample handwritten-digits /tmp/s && transferops data add /tmp/s --replace` in the repo and commit data.dvc")
     # the folder remote is stored relative to .dvc/, so the project can move
     assert "url = ../.transferops/dvc-remote" in (project / ".dvc" / "config").read_text()

@@ -113,6 +113,51 @@ def cmd_status(args: argparse.Namespace) -> None:
     _emit(args, rows, f"Registry at {s.resolved_tracking_uri}")
 
 
+def cmd_data_add(args: argparse.Namespace) -> None:
+    from flows.data import DataParams, add_data, add_data_direct
+
+    run = add_data if args.orchestrate else add_data_direct
+    v = run(DataParams(source=args.source, message=args.message, replace=args.replace,
+                            allow_class_change=args.allow_class_change, project_dir=str(args.workdir),
+                            config_file=args.config))
+    meta = v["meta"]
+    result = {"rev": v["rev"], "content_hash": meta["content_hash"], "dvc_md5": v["md5"], "images": meta["n_images"],
+              "added": meta["added"], "new_bytes": meta["new_bytes"], "reused": meta["reused"],
+              "classes": len(meta["classes"]), "duplicates_within_split": v["duplicates_within_split"]}
+    _emit(args, result, "New data version")
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from tasks.versioning import list_versions
+    from transferops.config import load_settings
+
+    s = load_settings(args.workdir, args.config)
+    rows = list_versions(s.project_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        r["rev"], r["content_hash"] = r["rev"][:12], r["content_hash"][:16]
+    _emit(args, rows, f"Versions of {s.project_dir / 'data'}",
+          ["rev", "date", "message", "images", "classes", "train/val/test", "content_hash"])
+
+
+def cmd_data_checkout(args: argparse.Namespace) -> None:
+    from tasks.versioning import checkout_version
+    from transferops.config import load_settings
+    from transferops.store import export
+
+    s = load_settings(args.workdir, args.config)
+    dest = Path(args.to) if args.to else s.state_dir / "datasets" / args.rev
+    v = checkout_version.fn(s.project_dir, args.rev, dest)
+    result = {"rev": v.rev, "path": v.path, "images": v.meta.get("n_images"),
+              "content_hash": v.meta.get("content_hash"), "verified": True}
+    if args.export:
+        result["exported"] = export(v.path, args.export)
+        result["export_path"] = str(Path(args.export).resolve())
+    _emit(args, result, "Data version checked out")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from transferops.samples import write_font_digits, write_handwritten_digits, write_shapes
 
@@ -172,6 +217,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", default=None, help=".npz of reference embeddings (overrides the source's own)")
     sp.add_argument("--backbone", default=None, help="architecture of a .pt source file")
     add("status", cmd_status, "show registered versions, aliases, strategy and data revision")
+    data = sub.add_parser("data", help="dataset versions: add, list, checkout")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    def add_data_cmd(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        sp = dsub.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add_data_cmd("add", cmd_data_add, "validate images and commit them as a new version of data/ (appends by default)")
+    sp.add_argument("source", help="ImageFolder tree or .csv/.parquet manifest")
+    sp.add_argument("--message", "-m", default=None, help="commit message of the version")
+    sp.add_argument("--replace", action="store_true", help="make SOURCE the whole version instead of appending")
+    sp.add_argument("--allow-class-change", action="store_true", help="accept a class set that differs from the registered model's")
+    sp.add_argument("--orchestrate", action="store_true", help="run as a tracked Prefect flow (costs the API's start-up)")
+    add_data_cmd("list", cmd_data_list, "show every version: revision, date, message, counts, content hash")
+    sp = add_data_cmd("checkout", cmd_data_checkout, "materialise a version (from cache or remote) and verify it bit for bit")
+    sp.add_argument("rev", help="git revision of data.dvc (see `transferops data list`)")
+    sp.add_argument("--to", default=None, help="folder for the version (default: .transferops/datasets/REV)")
+    sp.add_argument("--export", default=None, help="also write every image back as a loose file under this folder")
     sp = add("sample", cmd_sample, "write a bundled sample dataset (offline, deterministic) as an ImageFolder tree")
     sp.add_argument("kind", choices=["handwritten-digits", "typeset-digits", "shapes"])
     sp.add_argument("dest", help="new folder to write")

@@ -35,6 +35,13 @@ class DataConfig(BaseModel):
     min_images_per_class: int = Field(5, ge=1)
     # PIL refuses to decode images above this many pixels (decompression bombs).
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # Image modes accepted. Everything listed is converted to 8-bit RGB when read
+    # (16-bit rescaled, alpha composited on white); drop modes here to reject them instead.
+    allowed_modes: list[str] = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I;16B", "I;16L", "I", "F"]
+    min_side: int = Field(8, ge=1)  # smaller images carry no signal after resizing
+    max_side: int = Field(8192, ge=1)  # larger ones are mistakes or bombs
+    # The largest class may hold at most this many times the train images of the smallest.
+    max_class_imbalance: float = Field(20.0, ge=1)
 
 
 class TrainingConfig(BaseModel):

@@ -14,7 +14,8 @@ name, so appending images to a dataset never moves an old image between splits
 from __future__ import annotations
 
 import hashlib
-import warnings
+import io
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from transferops.imagecheck import to_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -37,11 +40,26 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One labelled image: absolute path, class label, split."""
+    """One labelled image: path (a file, or the image's name inside a store), label, split.
+
+    Images of a store live in a pack file at ``offset`` for ``size`` bytes.
+    """
 
     path: Path
     label: str
     split: str
+    pack: Path | None = None
+    offset: int = 0
+    size: int = 0
+
+
+def read_bytes(record: ImageRecord) -> bytes:
+    """The image's bytes, from its file or its pack."""
+    if record.pack is None:
+        return record.path.read_bytes()
+    with open(record.pack, "rb") as fh:
+        fh.seek(record.offset)
+        return fh.read(record.size)
 
 
 @dataclass
@@ -83,7 +101,11 @@ def scan_dataset(source: str | Path, val_fraction: float = 0.15, test_fraction: 
     >>> ds = scan_dataset("data/")          # doctest: +SKIP
     >>> ds.classes, ds.counts()["train"]    # doctest: +SKIP
     """
+    from transferops.store import is_store
+
     source = Path(source).expanduser().resolve()
+    if is_store(source):
+        return _scan_store(source)
     if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
         return _scan_manifest(source, val_fraction, test_fraction)
     if not source.is_dir():
@@ -109,15 +131,39 @@ def scan_dataset(source: str | Path, val_fraction: float = 0.15, test_fraction: 
     return ImageSet(source, records, sorted(classes))
 
 
+def _check_name(f: Path) -> None:
+    try:
+        str(f).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(f).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise DatasetError(f"file name {shown} is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8)") from None
+
+
 def _scan_classes(root: Path, split_of: Callable[[str, str], str]) -> tuple[list[ImageRecord], set[str]]:
     records, classes = [], set()
+    top = root.resolve()
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        _check_name(class_dir)
         classes.add(class_dir.name)
         for f in sorted(class_dir.rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                _check_name(f)
+                if not f.resolve().is_relative_to(top):
+                    raise DatasetError(f"{f} links to {f.resolve()}, outside {top}; copy the image into the dataset instead")
                 rel = f.relative_to(class_dir).as_posix()
                 records.append(ImageRecord(f, class_dir.name, split_of(class_dir.name, rel)))
     return records, classes
+
+
+def _scan_store(root: Path) -> ImageSet:
+    from transferops.store import read_index, read_version
+
+    index = read_index(root)
+    packs = root / "packs"
+    records = [ImageRecord(root / path, label, split, packs / pack, int(off), int(size))
+               for path, label, split, pack, off, size in
+               index[["path", "label", "split", "pack", "offset", "size"]].itertuples(index=False)]
+    return ImageSet(root, records, list(read_version(root).get("classes") or sorted(index["label"].unique())))
 
 
 def _scan_manifest(manifest: Path, val_fraction: float, test_fraction: float) -> ImageSet:
@@ -129,18 +175,26 @@ def _scan_manifest(manifest: Path, val_fraction: float, test_fraction: float) ->
     if missing:
         raise DatasetError(f"manifest {manifest} lacks column(s) {', '.join(missing)}; it needs path,label[,split]")
     base = manifest.parent.resolve()
+    dupes = df["path"][df["path"].duplicated()]
+    if len(dupes):
+        raise DatasetError(f"manifest {manifest} lists {dupes.iloc[0]} more than once ({len(dupes)} duplicate paths); keep one row per image")
+    known = None
+    if (base / "classes.txt").is_file():
+        known = [c.strip() for c in (base / "classes.txt").read_text().splitlines() if c.strip()]
     records = []
     for i, row in enumerate(df.itertuples(index=False), start=2):
         path = (base / str(row.path)).resolve()
         if not path.is_relative_to(base):
             raise DatasetError(f"manifest {manifest} line {i}: path {row.path} escapes {base}; keep images under the manifest's folder")
+        if known is not None and str(row.label) not in known:
+            raise DatasetError(f"manifest {manifest} line {i}: label '{row.label}' is not in {base / 'classes.txt'}; fix the label or add the class")
         split = getattr(row, "split", None)
         if split is None or (isinstance(split, float) and np.isnan(split)):
             split = hash_split(f"{row.label}/{Path(str(row.path)).name}", val_fraction, test_fraction)
         if split not in SPLITS:
             raise DatasetError(f"manifest {manifest} line {i}: split '{split}' is not one of {', '.join(SPLITS)}")
         records.append(ImageRecord(path, str(row.label), str(split)))
-    return ImageSet(base, records, sorted({r.label for r in records}))
+    return ImageSet(base, records, known or sorted({r.label for r in records}))
 
 
 # --------------------------------------------------------------------------- image table
@@ -148,57 +202,46 @@ TABLE_COLUMNS = ["path", "label", "split", "decodes", "error", "width", "height"
 
 
 def inspect_image(path: Path, max_pixels: int) -> dict[str, object]:
-    """Decode one image fully; return its metadata, or the reason it does not decode."""
-    info: dict[str, object] = {"decodes": False, "error": "", "width": 0, "height": 0, "mode": "", "bytes": 0, "sha256": ""}
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        info["error"] = f"unreadable: {exc.strerror}"
-        return info
-    info["bytes"] = len(raw)
-    info["sha256"] = hashlib.sha256(raw).hexdigest()
-    if not raw:
-        info["error"] = "empty file"
-        return info
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                info.update(width=im.width, height=im.height, mode=im.mode)
-                im.load()  # full decode: truncated files fail here, not at training time
-        info["decodes"] = True
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        info["error"] = f"decompression bomb: over {max_pixels} pixels"
-    except Exception as exc:  # PIL raises many types for bad files; all mean "does not decode"
-        info["error"] = f"{exc.__class__.__name__}: {exc}"[:200]
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-    return info
+    """Decode one image file fully; return its metadata, or the reason it does not decode."""
+    from transferops.imagecheck import inspect_file
+
+    return inspect_file((str(path), max_pixels))
+
+
+PARALLEL_MIN = 2000  # below this, worker start-up costs more than it saves
+
+
+def inspect_records(records: Sequence[ImageRecord], max_pixels: int, workers: int | None = None) -> list[dict[str, object]]:
+    """``inspect_image`` of every record; files are checked in worker processes when there are many."""
+    from transferops.imagecheck import inspect_bytes, inspect_file
+
+    workers = workers or os.cpu_count() or 1
+    files = [(str(r.path), max_pixels) for r in records if r.pack is None]
+    if workers > 1 and len(files) >= PARALLEL_MIN:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: callers (Prefect) run threads, and imagecheck is light to import
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            file_info = iter(list(pool.map(inspect_file, files, chunksize=256)))
+    else:
+        file_info = iter([inspect_file(f) for f in files])
+    return [next(file_info) if r.pack is None else inspect_bytes(read_bytes(r), max_pixels) for r in records]
 
 
 def image_table(images: ImageSet, max_pixels: int = 40_000_000) -> pd.DataFrame:
     """One row per image with decode status and metadata, for validation."""
+    infos = inspect_records(images.records, max_pixels)
     rows = []
-    for r in images.records:
+    for r, info in zip(images.records, infos):
         rel = r.path.relative_to(images.root).as_posix() if r.path.is_relative_to(images.root) else str(r.path)
-        rows.append({"path": rel, "label": r.label, "split": r.split, **inspect_image(r.path, max_pixels)})
+        rows.append({"path": rel, "label": r.label, "split": r.split, **info})
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     # Same bytes in two splits means a test image was (also) trained on.
     splits_per_hash = df[df.sha256 != ""].groupby("sha256")["split"].nunique()
     leaking = set(splits_per_hash[splits_per_hash > 1].index)
     df["duplicate_across_splits"] = df.sha256.isin(leaking)
     return df
-
-
-def class_count_table(images: ImageSet) -> pd.DataFrame:
-    """Images per (split, class), zero rows included, for count expectations."""
-    counts = images.counts()
-    return pd.DataFrame(
-        [{"split": s, "label": c, "count": n} for s, per in counts.items() for c, n in per.items()],
-        columns=["split", "label", "count"],
-    )
 
 
 # --------------------------------------------------------------------------- torch
@@ -215,8 +258,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         r = self.records[i]
-        with Image.open(r.path) as im:
-            img = im.convert("RGB")
+        with Image.open(io.BytesIO(read_bytes(r)) if r.pack is not None else r.path) as im:
+            img = to_rgb(im)
         x = self.transform(img) if self.transform else img
         return x, self.class_to_idx[r.label]
 
@@ -243,8 +286,8 @@ def compute_mean_std(records: Sequence[ImageRecord], size: int, limit: int = 200
     acc2 = torch.zeros(3, dtype=torch.float64)
     n = 0
     for r in list(records)[:limit]:
-        with Image.open(r.path) as im:
-            x = F.to_tensor(F.resize(im.convert("RGB"), [size, size])).double()
+        with Image.open(io.BytesIO(read_bytes(r))) as im:
+            x = F.to_tensor(F.resize(to_rgb(im), [size, size])).double()
         acc += x.mean((1, 2))
         acc2 += (x**2).mean((1, 2))
         n += 1
