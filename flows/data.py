@@ -7,6 +7,7 @@ and the remote are untouched when validation fails.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,7 @@ class DataParams(BaseModel):
     run_name: str | None = None
 
 
-def _add_data(params: DataParams, call: Callable) -> dict:
+def _add_data(params: DataParams, call: Callable, say: Callable[[str], None] = print) -> dict:
     """The ingest, step by step; ``call(task, *args)`` runs each task (tracked or plain)."""
     settings = load_settings(params.project_dir, params.config_file)
     root = call(versioning.prepare_project, settings.project_dir, settings.resolved_dvc_remote)
@@ -49,7 +50,7 @@ def _add_data(params: DataParams, call: Callable) -> dict:
     version = call(versioning.add_version, root, incoming, report.table, params.target, params.message, params.replace)
     call(versioning.push_version, root, params.target)
     report.write(settings.reports_dir / run_name / "validation.json")
-    print(f"{params.target} version {version.rev[:12]}: {version.meta.get('n_images')} images, "
+    say(f"{params.target} version {version.rev[:12]}: {version.meta.get('n_images')} images, "
           f"content {version.meta.get('content_hash', '')[:16]}, +{version.meta.get('added')} "
           f"({version.meta.get('new_bytes')} new bytes)")
     return version.as_dict() | {"run_name": run_name, "duplicates_within_split": report.duplicates_within_split,
@@ -65,7 +66,8 @@ def add_data(params: DataParams) -> dict:
 def add_data_direct(params: DataParams) -> dict:
     """The same ingest without the Prefect API, for the CLI: an append of 1,000 images takes
     seconds, and starting an ephemeral API would cost more than the work. No retries here."""
-    return _add_data(params, lambda task, *args: task.fn(*args))
+    # stdout stays clean for --json; progress goes to stderr
+    return _add_data(params, lambda task, *args: task.fn(*args), lambda msg: print(msg, file=sys.stderr))
 
 
 if __name__ == "__main__":

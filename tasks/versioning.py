@@ -238,9 +238,13 @@ def checkout_version(root: Path, rev: str, dest: Path, target: str = "data") -> 
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        DVCFileSystem(str(root), rev=full).get(target, str(tmp), recursive=True)
-        if is_store(tmp):
-            verify(tmp)
+        try:
+            DVCFileSystem(str(root), rev=full).get(target, str(tmp), recursive=True)
+            if is_store(tmp):
+                verify(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-checked-out version
+            raise
         tmp.rename(dest)
     return _version(root, target, full, str(dest))
 

@@ -269,7 +269,7 @@ def _is_user_error(exc: BaseException) -> bool:
     from pydantic import ValidationError
 
     names = {"ConfigError", "DatasetError", "DataValidationError", "RegistryError", "VersioningError",
-             "WeightsUnavailable", "DriftInputError"}
+             "WeightsUnavailable", "DriftInputError", "StoreError"}
     return type(exc).__name__ in names or isinstance(exc, (ValueError, FileNotFoundError, ValidationError))
 
 

@@ -7,6 +7,7 @@ validation, never a training run hours later.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from io import BytesIO
 
@@ -37,7 +38,9 @@ def inspect_bytes(raw: bytes, max_pixels: int) -> dict[str, object]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         info["error"] = f"decompression bomb: over {max_pixels} pixels"
     except Exception as exc:  # PIL raises many types for bad files; all mean "does not decode"
-        info["error"] = f"{exc.__class__.__name__}: {exc}"[:200]
+        # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): noise in a report
+        text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+        info["error"] = f"{exc.__class__.__name__}: {text}"[:200]
     finally:
         Image.MAX_IMAGE_PIXELS = old
     return info

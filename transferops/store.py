@@ -79,6 +79,8 @@ def read_index(root: str | Path) -> pd.DataFrame:
         f = root / "index" / name
         if not f.is_file():
             raise StoreError(f"index part {f} is missing; the version is incomplete, check it out again")
+        if hashlib.sha256(f.read_bytes()).hexdigest()[:32] + ".parquet" != name:
+            raise StoreError(f"index part {f} does not match its name; check the version out again")
         frames.append(pd.read_parquet(f))
     df = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
     return df[~df["removed"]].sort_values("path", kind="stable").reset_index(drop=True)
