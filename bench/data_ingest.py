@@ -121,7 +121,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from torchvision import datasets, transforms
 
-    from transferops.data import ImageDataset, scan_dataset
+    from transferops.data import scan_dataset
+    from transferops.loading import ImageDataset
 
     store = scan_dataset(proj / "data")
     tf = transforms.ToTensor()

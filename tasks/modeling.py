@@ -18,7 +18,8 @@ from torchvision.models import Weights
 
 from tasks import registry
 from transferops.config import Settings
-from transferops.data import ImageSet, make_loader, per_class_train_size
+from transferops.data import ImageSet, per_class_train_size
+from transferops.loading import make_loader
 from transferops.drift import DriftResult, MMDDrift, source_similarity
 from transferops.models import (build_model, count_parameters, load_bundle, resolve_weights, save_bundle,
                                 transforms_spec)
@@ -241,7 +242,7 @@ def input_example(weights: Weights, images: ImageSet) -> np.ndarray:
 @task(cache_policy=NO_CACHE)
 def scratch_source(images: ImageSet, backbone: str, image_size: int) -> SourceModel:
     """A source with no weights yet: preprocessing from the source data's own channel statistics."""
-    from transferops.data import compute_mean_std
+    from transferops.loading import compute_mean_std
     from transferops.models import make_weights
 
     mean, std = compute_mean_std(images.split("train"), image_size)

@@ -74,7 +74,8 @@ def shapes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def source_bundle(tmp_path_factory, shapes_dir) -> Path:
     """A resnet18 source bundle (random weights, 3 classes) with a profile of plain shapes."""
-    from transferops.data import make_loader, scan_dataset
+    from transferops.data import scan_dataset
+    from transferops.loading import make_loader
     from transferops.models import build_model, save_bundle
     from transferops.training import extract_embeddings
 

@@ -84,7 +84,8 @@ def _odd_modes(folder: Path) -> None:
 
 
 def test_odd_modes_are_converted_by_default(tmp_path, good):
-    from transferops.data import ImageDataset, scan_dataset
+    from transferops.data import scan_dataset
+    from transferops.loading import ImageDataset
 
     _odd_modes(good / "circle")
     v = _add(tmp_path / "proj", good)
@@ -147,7 +148,8 @@ def test_manifest_problems(tmp_path, good):
 
 
 def test_sizes_outside_the_limits_and_mixed_sizes_within(tmp_path, good):
-    from transferops.data import ImageDataset, scan_dataset
+    from transferops.data import scan_dataset
+    from transferops.loading import ImageDataset
     from torchvision.transforms import Compose, Resize, ToTensor
 
     Image.new("RGB", (1200, 300), (9, 9, 9)).save(good / "square" / "wide.png")

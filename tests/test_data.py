@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferops.data import DatasetError, hash_split, image_table, make_loader, scan_dataset
+from transferops.data import DatasetError, hash_split, image_table, scan_dataset
+from transferops.loading import make_loader
 from transferops.samples import write_shapes
 
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from transferops.data import ImageDataset, image_table, read_bytes, scan_dataset
+from transferops.data import image_table, read_bytes, scan_dataset
+from transferops.loading import ImageDataset
 from transferops.samples import write_shapes
 from transferops.store import StoreError, export, ingest, read_index, read_version, verify
 

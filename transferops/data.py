@@ -23,11 +23,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-
-from transferops.imagecheck import to_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -42,7 +37,8 @@ class DatasetError(ValueError):
 class ImageRecord:
     """One labelled image: path (a file, or the image's name inside a store), label, split.
 
-    Images of a store live in a pack file at ``offset`` for ``size`` bytes.
+    Images of a store live in a pack file at ``offset`` for ``size`` bytes. Torch datasets
+over records are in ``transferops.loading``; this module never imports torch.
     """
 
     path: Path
@@ -139,19 +135,30 @@ def _check_name(f: Path) -> None:
         raise DatasetError(f"file name {shown} is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8)") from None
 
 
+def _walk(folder: str, top: str):
+    """Image files under ``folder`` in sorted order; symlinks must stay inside ``top``."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not (target + os.sep).startswith(top + os.sep):
+                raise DatasetError(f"{entry.path} links to {target}, outside {top}; copy the image into the dataset instead")
+        if entry.is_dir():
+            yield from _walk(entry.path, top)
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+            yield entry.path
+
+
 def _scan_classes(root: Path, split_of: Callable[[str, str], str]) -> tuple[list[ImageRecord], set[str]]:
     records, classes = [], set()
-    top = root.resolve()
+    top = os.path.realpath(root)
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         _check_name(class_dir)
         classes.add(class_dir.name)
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                _check_name(f)
-                if not f.resolve().is_relative_to(top):
-                    raise DatasetError(f"{f} links to {f.resolve()}, outside {top}; copy the image into the dataset instead")
-                rel = f.relative_to(class_dir).as_posix()
-                records.append(ImageRecord(f, class_dir.name, split_of(class_dir.name, rel)))
+        prefix = len(str(class_dir)) + 1
+        for path in _walk(str(class_dir), top):
+            _check_name(Path(path))
+            rel = path[prefix:].replace(os.sep, "/")
+            records.append(ImageRecord(Path(path), class_dir.name, split_of(class_dir.name, rel)))
     return records, classes
 
 
@@ -232,11 +239,12 @@ def inspect_records(records: Sequence[ImageRecord], max_pixels: int, workers: in
 def image_table(images: ImageSet, max_pixels: int = 40_000_000) -> pd.DataFrame:
     """One row per image with decode status and metadata, for validation."""
     infos = inspect_records(images.records, max_pixels)
-    rows = []
-    for r, info in zip(images.records, infos):
-        rel = r.path.relative_to(images.root).as_posix() if r.path.is_relative_to(images.root) else str(r.path)
-        rows.append({"path": rel, "label": r.label, "split": r.split, **info})
-    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    root = str(images.root) + os.sep
+    paths = [str(r.path) for r in images.records]
+    df = pd.DataFrame(infos, columns=TABLE_COLUMNS[3:])
+    df.insert(0, "path", [p[len(root):].replace(os.sep, "/") if p.startswith(root) else p for p in paths])
+    df.insert(1, "label", [r.label for r in images.records])
+    df.insert(2, "split", [r.split for r in images.records])
     # Same bytes in two splits means a test image was (also) trained on.
     splits_per_hash = df[df.sha256 != ""].groupby("sha256")["split"].nunique()
     leaking = set(splits_per_hash[splits_per_hash > 1].index)
@@ -244,53 +252,7 @@ def image_table(images: ImageSet, max_pixels: int = 40_000_000) -> pd.DataFrame:
     return df
 
 
-# --------------------------------------------------------------------------- torch
-class ImageDataset(Dataset):
-    """Records as a torch dataset: RGB PIL image -> ``transform`` -> (tensor, class index)."""
-
-    def __init__(self, records: Sequence[ImageRecord], class_to_idx: dict[str, int], transform: Callable | None):
-        self.records = list(records)
-        self.class_to_idx = class_to_idx
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        r = self.records[i]
-        with Image.open(io.BytesIO(read_bytes(r)) if r.pack is not None else r.path) as im:
-            img = to_rgb(im)
-        x = self.transform(img) if self.transform else img
-        return x, self.class_to_idx[r.label]
-
-
-def make_loader(records: Sequence[ImageRecord], class_to_idx: dict[str, int], transform: Callable,
-                *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A DataLoader whose shuffling order depends only on ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ImageDataset(records, class_to_idx, transform), batch_size=batch_size, shuffle=shuffle,
-                      generator=gen, num_workers=num_workers, pin_memory=torch.cuda.is_available())
-
-
 def per_class_train_size(images: ImageSet) -> float:
     """Mean number of train images per class: the size measure of the strategy rule."""
     n = Counter(r.label for r in images.split("train"))
     return sum(n.values()) / max(len(images.classes), 1)
-
-
-def compute_mean_std(records: Sequence[ImageRecord], size: int, limit: int = 2000) -> tuple[list[float], list[float]]:
-    """Channel mean/std of a source dataset, for a source model's own preprocessing."""
-    from torchvision.transforms import functional as F
-
-    acc = torch.zeros(3, dtype=torch.float64)
-    acc2 = torch.zeros(3, dtype=torch.float64)
-    n = 0
-    for r in list(records)[:limit]:
-        with Image.open(io.BytesIO(read_bytes(r))) as im:
-            x = F.to_tensor(F.resize(to_rgb(im), [size, size])).double()
-        acc += x.mean((1, 2))
-        acc2 += (x**2).mean((1, 2))
-        n += 1
-    mean = acc / max(n, 1)
-    std = (acc2 / max(n, 1) - mean**2).clamp_min(1e-12).sqrt()
-    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std.clamp_min(1e-3)]

@@ -197,15 +197,16 @@ def ingest(root: str | Path, rows: pd.DataFrame, read: Callable[[int], bytes], *
 def _pack_rows(staging: Path, rows: pd.DataFrame, read, known: dict, pack_bytes: int) -> tuple[pd.DataFrame, tuple[int, int, int]]:
     """Write the bytes of unseen content into new packs; return the index part and (bytes, reused, packs)."""
     packs = staging / "packs"
-    order = rows.sort_values("path", kind="stable").index  # deterministic packs for the same input
+    paths, shas = rows["path"].tolist(), rows["sha256"].tolist()
+    order = sorted(range(len(rows)), key=paths.__getitem__)  # deterministic packs for the same input
     pack_col = [""] * len(rows)
     offset_col = [0] * len(rows)
     size_col = [0] * len(rows)
     writer: _PackWriter | None = None
     new_bytes = reused = n_packs = 0
-    fresh: dict[str, int] = {}  # sha256 -> row whose bytes went into the open pack
+    fresh: dict[str, int] = {}  # sha256 -> row whose bytes went into a new pack
     for i in order:
-        sha = rows.at[i, "sha256"]
+        sha = shas[i]
         if sha in known:
             pack_col[i], offset_col[i], size_col[i] = known[sha]
             reused += 1
@@ -221,7 +222,7 @@ def _pack_rows(staging: Path, rows: pd.DataFrame, read, known: dict, pack_bytes:
             continue
         raw = read(i)
         if hashlib.sha256(raw).hexdigest() != sha:
-            raise StoreError(f"{rows.at[i, 'path']} changed while it was being ingested; run the ingest again")
+            raise StoreError(f"{paths[i]} changed while it was being ingested; run the ingest again")
         if writer is None:
             writer = _PackWriter(packs)
         offset_col[i], size_col[i] = writer.add(raw), len(raw)

@@ -1,0 +1,82 @@
+"""Torch datasets and loaders over records: loose files or store packs.
+
+Kept apart from ``transferops.data`` so that ingesting and validating data never
+imports torch (a second of start-up on every ``transferops data add``).
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from transferops.data import ImageRecord, read_bytes
+from transferops.imagecheck import to_rgb
+
+
+class ImageDataset(Dataset):
+    """Records as a torch dataset: RGB PIL image -> ``transform`` -> (tensor, class index).
+
+    Store images are sliced out of memory-mapped packs: no open/seek/read per image,
+    and every DataLoader worker maps the packs itself (maps are not pickled).
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], class_to_idx: dict[str, int], transform: Callable | None):
+        self.records = list(records)
+        self.class_to_idx = class_to_idx
+        self.transform = transform
+        self._maps: dict[str, mmap.mmap] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _bytes(self, r: ImageRecord) -> bytes:
+        key = str(r.pack)
+        m = self._maps.get(key)
+        if m is None:
+            with open(r.pack, "rb") as fh:
+                m = self._maps[key] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return m[r.offset:r.offset + r.size]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        r = self.records[i]
+        with Image.open(io.BytesIO(self._bytes(r)) if r.pack is not None else r.path) as im:
+            img = to_rgb(im)
+        x = self.transform(img) if self.transform else img
+        return x, self.class_to_idx[r.label]
+
+
+
+def make_loader(records: Sequence[ImageRecord], class_to_idx: dict[str, int], transform: Callable,
+                *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """A DataLoader whose shuffling order depends only on ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ImageDataset(records, class_to_idx, transform), batch_size=batch_size, shuffle=shuffle,
+                      generator=gen, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+def compute_mean_std(records: Sequence[ImageRecord], size: int, limit: int = 2000) -> tuple[list[float], list[float]]:
+    """Channel mean/std of a source dataset, for a source model's own preprocessing."""
+    from torchvision.transforms import functional as F
+
+    acc = torch.zeros(3, dtype=torch.float64)
+    acc2 = torch.zeros(3, dtype=torch.float64)
+    n = 0
+    for r in list(records)[:limit]:
+        with Image.open(io.BytesIO(read_bytes(r))) as im:
+            x = F.to_tensor(F.resize(to_rgb(im), [size, size])).double()
+        acc += x.mean((1, 2))
+        acc2 += (x**2).mean((1, 2))
+        n += 1
+    mean = acc / max(n, 1)
+    std = (acc2 / max(n, 1) - mean**2).clamp_min(1e-12).sqrt()
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std.clamp_min(1e-3)]
