@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,19 @@ def test_only_the_demo_defaults_to_demo_workdir(tmp_path, monkeypatch, capsys):
 def test_missing_data_folder_is_not_mistaken_for_a_revision(tmp_path, capsys):
     code = main(["train", "--workdir", str(tmp_path), "--source", "x", "--data", "./nope"])
     assert code == 2 and "data folder ./nope does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["flows.train", "flows.data", "transferops.cli"])
+def test_importing_an_entry_point_turns_telemetry_off_before_prefect_loads(module, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED")}
+    code = (f"import {module}\nfrom transferops.cli import main\nimport sys\nmain(['status', '--json'])\n"
+            "from prefect._internal.analytics.enabled import is_telemetry_enabled\n"
+            "import os; print(is_telemetry_enabled(), os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DVC_NO_ANALYTICS'])")
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False true 1"
