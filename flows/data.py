@@ -36,7 +36,8 @@ class DataParams(BaseModel):
 def _add_data(params: DataParams, call: Callable, say: Callable[[str], None] = print) -> dict:
     """The ingest, step by step; ``call(task, *args)`` runs each task (tracked or plain)."""
     settings = load_settings(params.project_dir, params.config_file)
-    root = call(versioning.prepare_project, settings.project_dir, settings.resolved_dvc_remote)
+    root = call(versioning.prepare_project, settings.project_dir, settings.resolved_dvc_remote,
+                settings.dvc_remote_endpoint)
     run_name = params.run_name or f"data-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
     incoming = call(load_dataset, Path(params.source), dcfg.val_fraction, dcfg.test_fraction)

@@ -38,7 +38,8 @@ def develop_source(params: SourceParams) -> dict:
     settings = load_settings(params.project_dir, params.config_file)
     if params.epochs:
         settings.training.epochs = params.epochs
-    root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote)
+    root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote,
+                                         settings.dvc_remote_endpoint)
     run_name = params.run_name or f"source-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
     # a source dataset is a snapshot: replace, so its class set is its own

@@ -48,7 +48,8 @@ def train(params: TrainParams) -> dict:
     settings = load_settings(params.project_dir, params.config_file)
     if params.epochs:
         settings.training.epochs = params.epochs
-    root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote)
+    root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote,
+                                         settings.dvc_remote_endpoint)
     run_name = params.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
 

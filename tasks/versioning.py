@@ -75,8 +75,11 @@ def _repo(root: Path):
     return Repo(str(root))
 
 
-def ensure_project(root: Path, remote_url: str) -> Path:
-    """Make ``root`` a transferops project: git repo, DVC, default remote. Idempotent."""
+def ensure_project(root: Path, remote_url: str, endpoint: str | None = None) -> Path:
+    """Make ``root`` a transferops project: git repo, DVC, default remote. Idempotent.
+
+    Remote credentials are never written: DVC reads them from the environment.
+    """
     root.mkdir(parents=True, exist_ok=True)
     if not (root / ".git").exists():
         git(root, "init", "-q", "-b", "main")
@@ -97,10 +100,10 @@ def ensure_project(root: Path, remote_url: str) -> Path:
             conf["core"]["remote"] = "storage"
             conf["core"]["analytics"] = False
             conf["core"]["check_update"] = False
-            conf["remote"]["storage"] = {"url": url}
+            conf["remote"]["storage"] = {"url": url, **({"endpointurl": endpoint} if endpoint else {})}
     finally:
         repo.close()
-    if not remote_url.startswith(("s3://", "gs://", "azure://", "http")):
+    if "://" not in remote_url:
         Path(remote_url).mkdir(parents=True, exist_ok=True)
     ignore = root / ".gitignore"
     if not ignore.exists() or ".transferops/" not in ignore.read_text():
@@ -262,6 +265,6 @@ def code_git_sha() -> str:
 
 
 @task(retries=2, retry_delay_seconds=2)
-def prepare_project(root: Path, remote_url: str) -> Path:
+def prepare_project(root: Path, remote_url: str, endpoint: str | None = None) -> Path:
     """Task form of :func:`ensure_project`."""
-    return ensure_project(Path(root), remote_url)
+    return ensure_project(Path(root), remote_url, endpoint)

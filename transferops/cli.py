@@ -47,7 +47,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     from transferops.config import load_settings
 
     s = load_settings(args.workdir, args.config)
-    ensure_project(s.project_dir, s.resolved_dvc_remote)
+    ensure_project(s.project_dir, s.resolved_dvc_remote, s.dvc_remote_endpoint)
     _emit(args, {"project": str(s.project_dir), "tracking_uri": s.resolved_tracking_uri,
                  "dvc_remote": s.resolved_dvc_remote}, "Project ready")
 

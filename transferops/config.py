@@ -102,8 +102,11 @@ class Settings(BaseSettings):
     project_dir: Path = Path(".")
     # Embedded default: sqlite:///<project>/.transferops/mlflow.db
     tracking_uri: str | None = None
-    # Embedded default: <project>/.transferops/dvc-remote (a folder remote)
+    # Embedded default: <project>/.transferops/dvc-remote (a folder remote). For S3/MinIO:
+    # s3://bucket/prefix, credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only.
     dvc_remote_url: str | None = None
+    # S3-compatible endpoint (MinIO), e.g. http://127.0.0.1:9000; not a secret, goes to .dvc/config.
+    dvc_remote_endpoint: str | None = None
     experiment: str = "transferops"
     model_name: str = "transferops-classifier"  # registered target model
     source_model_name: str = "transferops-source"  # registered source models
