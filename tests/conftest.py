@@ -97,5 +97,10 @@ def prefect_harness():
     """Prefect's test harness: a temporary database and ephemeral API for the session."""
     from prefect.testing.utilities import prefect_test_harness
 
+    import logging
+
     with prefect_test_harness(server_startup_timeout=180):
         yield
+        # pytest closes its capture streams before session teardown; the harness's
+        # "Stopping temporary server" line would then print a logging traceback
+        logging.getLogger("prefect").setLevel(logging.WARNING)
