@@ -101,6 +101,8 @@ def main() -> None:
     # 1a. transferops data add (end to end, a fresh process as a user runs it)
     proj = work / "transferops-project"
     proj.mkdir()
+    # both sides start from an initialised repo with a remote (the baseline's git/dvc init is untimed too)
+    run([str(VENV_BIN / "transferops"), "init", "--workdir", str(proj)], work, env)
     t_ours = run([str(VENV_BIN / "transferops"), "data", "add", str(tree), "--workdir", str(proj), "-m", "v1"], proj, env)
     remote_v1 = dir_bytes(proj / ".transferops" / "dvc-remote")
     # 2. append 1,000 new images

@@ -127,7 +127,7 @@ def scan_dataset(source: str | Path, val_fraction: float = 0.15, test_fraction: 
     return ImageSet(source, records, sorted(classes))
 
 
-def _check_name(f: Path) -> None:
+def _check_name(f: Path | str) -> None:
     try:
         str(f).encode("utf-8")
     except UnicodeEncodeError:
@@ -156,7 +156,7 @@ def _scan_classes(root: Path, split_of: Callable[[str, str], str]) -> tuple[list
         classes.add(class_dir.name)
         prefix = len(str(class_dir)) + 1
         for path in _walk(str(class_dir), top):
-            _check_name(Path(path))
+            _check_name(path)
             rel = path[prefix:].replace(os.sep, "/")
             records.append(ImageRecord(Path(path), class_dir.name, split_of(class_dir.name, rel)))
     return records, classes
@@ -224,15 +224,21 @@ def inspect_records(records: Sequence[ImageRecord], max_pixels: int, workers: in
 
     workers = workers or os.cpu_count() or 1
     files = [(str(r.path), max_pixels) for r in records if r.pack is None]
+    results = None
     if workers > 1 and len(files) >= PARALLEL_MIN:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        # spawn, not fork: callers (Prefect) run threads, and imagecheck is light to import
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            file_info = iter(list(pool.map(inspect_file, files, chunksize=256)))
-    else:
-        file_info = iter([inspect_file(f) for f in files])
+        try:
+            # spawn, not fork: callers (Prefect) run threads, and imagecheck is light to import
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                results = list(pool.map(inspect_file, files, chunksize=256))
+        except BrokenProcessPool:
+            # spawned workers re-import the caller's __main__; a script without an
+            # `if __name__ == "__main__":` guard breaks them. Slower, but correct:
+            results = None
+    file_info = iter(results if results is not None else [inspect_file(f) for f in files])
     return [next(file_info) if r.pack is None else inspect_bytes(read_bytes(r), max_pixels) for r in records]
 
 
