@@ -16,7 +16,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from tasks import registry, reporting, versioning
-from tasks.validation import DataValidationError, load_dataset, prefetch_gx, validate_dataset
+from tasks.validation import DataValidationError, load_dataset, validate_dataset
 from transferops.config import load_settings
 
 
@@ -35,7 +35,6 @@ class DataParams(BaseModel):
 
 def _add_data(params: DataParams, call: Callable, say: Callable[[str], None] = print) -> dict:
     """The ingest, step by step; ``call(task, *args)`` runs each task (tracked or plain)."""
-    prefetch_gx()
     settings = load_settings(params.project_dir, params.config_file)
     root = call(versioning.prepare_project, settings.project_dir, settings.resolved_dvc_remote,
                 settings.dvc_remote_endpoint)

@@ -29,8 +29,9 @@ for _name in ("great_expectations", "great_expectations.data_context.types.base"
 def prefetch_gx() -> None:
     """Start importing Great Expectations (~2.5 s) in the background.
 
-    Called before the images are decoded: decoding runs in worker processes while this
-    thread waits, so the import costs nothing. Python's import lock makes a later
+    Called just before the images are decoded: decoding runs in worker processes while the
+    main thread waits, so the import costs nothing (started earlier, it would compete with
+    pure-Python work for the GIL). Python's import lock makes a later
     ``import great_expectations`` wait for this one instead of importing twice.
     """
     import sys
@@ -184,6 +185,7 @@ def validate_dataset(images: ImageSet, cfg: Any, expected_classes: list[str] | N
     the new images are decoded, but the expectations hold for the resulting version.
     Raises DataValidationError when the suite fails.
     """
+    prefetch_gx()
     table = image_table(images, max_pixels=cfg.max_image_pixels)
     table["new"] = True
     full = table
