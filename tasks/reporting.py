@@ -52,8 +52,10 @@ def record_validation_failure(settings: Settings, run_name: str, exc: Any) -> Pa
     Nothing is versioned or registered; returns the report path.
     """
     path = exc.report.write(settings.reports_dir / run_name / "validation.json")
-    run_id = registry.start_run(settings, run_name, {"transferops.flow": "train", "transferops.status": "failed_validation"})
-    report = write_run_report(settings, run_id, run_name, {"status": "failed validation", "error": str(exc).splitlines()[0]},
-                              [], None, [], None, None, path)
+    run_id = registry.start_run.fn(settings, run_name, {"transferops.flow": "data", "transferops.status": "failed_validation"})
+    # .fn: this also runs on the CLI's direct path, outside any flow and without the Prefect API
+    report = write_run_report.fn(settings, run_id, run_name, {"status": "failed validation",
+                                                              "error": str(exc).splitlines()[0]},
+                                 [], None, [], None, None, path)
     registry.end_run(settings, run_id, "FAILED")
     return report
