@@ -1,9 +1,7 @@
 """The content-addressed store, with no orchestration."""
 
 import hashlib
-import os
 
-import pandas as pd
 import pytest
 import torch
 

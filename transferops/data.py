@@ -14,7 +14,6 @@ name, so appending images to a dataset never moves an old image between splits
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import Counter
 from dataclasses import dataclass
