@@ -72,6 +72,4 @@ def add_data_direct(params: DataParams) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-
     add_data(DataParams(source=sys.argv[1]))

@@ -18,7 +18,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from transferops.data import SPLITS, ImageSet, image_table
+from transferops.data import SPLITS, ImageSet, image_table, mark_cross_split_duplicates
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
@@ -191,9 +191,7 @@ def validate_dataset(images: ImageSet, cfg: Any, expected_classes: list[str] | N
     full = table
     if base is not None and len(base):
         old = base[~base.path.isin(table.path)].assign(new=False)
-        full = pd.concat([old, table], ignore_index=True)
-        leaking = full[full.sha256 != ""].groupby("sha256")["split"].nunique()
-        full["duplicate_across_splits"] = full.sha256.isin(set(leaking[leaking > 1].index))
+        full = mark_cross_split_duplicates(pd.concat([old, table], ignore_index=True))
     # the class list is the dataset's own (folders, classes.txt) plus the version appended to
     classes = sorted(set(images.classes) | (set(base.label) if base is not None else set()))
     report = run_suite(full, Rules.from_config(cfg, classes, expected_classes))

@@ -158,14 +158,14 @@ def list_versions(root: Path, target: str = "data") -> list[dict[str, Any]]:
 
 def store_table(root: Path, target: str = "data") -> Any:
     """The validated per-image table of the current version (to validate an append against), or None."""
+    from transferops.data import TABLE_COLUMNS
     from transferops.store import is_store, read_index
 
     dest = root / target
     if not is_store(dest):
         return None
     idx = read_index(dest)
-    return idx.assign(decodes=True, error="", bytes=idx["size"])[
-        ["path", "label", "split", "decodes", "error", "width", "height", "mode", "bytes", "sha256"]]
+    return idx.assign(decodes=True, error="", bytes=idx["size"])[TABLE_COLUMNS]
 
 
 @task(cache_policy=NO_CACHE)

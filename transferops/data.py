@@ -207,18 +207,11 @@ def _scan_manifest(manifest: Path, val_fraction: float, test_fraction: float) ->
 TABLE_COLUMNS = ["path", "label", "split", "decodes", "error", "width", "height", "mode", "bytes", "sha256"]
 
 
-def inspect_image(path: Path, max_pixels: int) -> dict[str, object]:
-    """Decode one image file fully; return its metadata, or the reason it does not decode."""
-    from transferops.imagecheck import inspect_file
-
-    return inspect_file((str(path), max_pixels))
-
-
 PARALLEL_MIN = 2000  # below this, worker start-up costs more than it saves
 
 
 def inspect_records(records: Sequence[ImageRecord], max_pixels: int, workers: int | None = None) -> list[dict[str, object]]:
-    """``inspect_image`` of every record; files are checked in worker processes when there are many."""
+    """Decode status and metadata of every record; files are checked in worker processes when there are many."""
     from transferops.imagecheck import inspect_bytes, inspect_file
 
     workers = workers or os.cpu_count() or 1
@@ -250,10 +243,13 @@ def image_table(images: ImageSet, max_pixels: int = 40_000_000) -> pd.DataFrame:
     df.insert(0, "path", [p[len(root):].replace(os.sep, "/") if p.startswith(root) else p for p in paths])
     df.insert(1, "label", [r.label for r in images.records])
     df.insert(2, "split", [r.split for r in images.records])
-    # Same bytes in two splits means a test image was (also) trained on.
+    return mark_cross_split_duplicates(df)
+
+
+def mark_cross_split_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Set ``duplicate_across_splits``: the same bytes in two splits means a test image was (also) trained on."""
     splits_per_hash = df[df.sha256 != ""].groupby("sha256")["split"].nunique()
-    leaking = set(splits_per_hash[splits_per_hash > 1].index)
-    df["duplicate_across_splits"] = df.sha256.isin(leaking)
+    df["duplicate_across_splits"] = df.sha256.isin(set(splits_per_hash[splits_per_hash > 1].index))
     return df
 
 
