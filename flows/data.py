@@ -16,7 +16,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from tasks import registry, reporting, versioning
-from tasks.validation import DataValidationError, load_dataset, validate_dataset
+from tasks.validation import DataValidationError, SuiteRunner, load_dataset, validate_dataset
 from transferops.config import load_settings
 
 
@@ -33,21 +33,27 @@ class DataParams(BaseModel):
     run_name: str | None = None
 
 
-def _add_data(params: DataParams, call: Callable, say: Callable[[str], None] = print) -> dict:
-    """The ingest, step by step; ``call(task, *args)`` runs each task (tracked or plain)."""
+def _add_data(params: DataParams, call: Callable, say: Callable[[str], None] = print,
+              suite: SuiteRunner | None = None) -> dict:
+    """The ingest, step by step; ``call(task, *args)`` runs each task (tracked or plain).
+
+    ``suite``: a GX runner the caller started early; otherwise one starts here.
+    """
     settings = load_settings(params.project_dir, params.config_file)
     root = call(versioning.prepare_project, settings.project_dir, settings.resolved_dvc_remote,
                 settings.dvc_remote_endpoint)
     run_name = params.run_name or f"data-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
-    incoming = call(load_dataset, Path(params.source), dcfg.val_fraction, dcfg.test_fraction)
-    base = None if params.replace else versioning.store_table(root, params.target)
-    expected = None if params.allow_class_change else registry.expected_classes(settings, params.target, base)
-    try:
-        report = call(validate_dataset, incoming, dcfg, expected, base)
-    except DataValidationError as exc:
-        reporting.record_validation_failure(settings, run_name, exc)
-        raise
+    # GX starts importing in a helper process now, beside the scan and the decoding
+    with suite or SuiteRunner() as suite:
+        incoming = call(load_dataset, Path(params.source), dcfg.val_fraction, dcfg.test_fraction)
+        base = None if params.replace else versioning.store_table(root, params.target)
+        expected = None if params.allow_class_change else registry.expected_classes(settings, params.target, base)
+        try:
+            report = call(validate_dataset, incoming, dcfg, expected, base, suite)
+        except DataValidationError as exc:
+            reporting.record_validation_failure(settings, run_name, exc)
+            raise
     version = call(versioning.add_version, root, incoming, report.table, params.target, params.message, params.replace)
     call(versioning.push_version, root, params.target)
     report.write(settings.reports_dir / run_name / "validation.json")
@@ -64,11 +70,11 @@ def add_data(params: DataParams) -> dict:
     return _add_data(params, lambda task, *args: task(*args))
 
 
-def add_data_direct(params: DataParams) -> dict:
+def add_data_direct(params: DataParams, suite: SuiteRunner | None = None) -> dict:
     """The same ingest without the Prefect API, for the CLI: an append of 1,000 images takes
     seconds, and starting an ephemeral API would cost more than the work. No retries here."""
     # stdout stays clean for --json; progress goes to stderr
-    return _add_data(params, lambda task, *args: task.fn(*args), lambda msg: print(msg, file=sys.stderr))
+    return _add_data(params, lambda task, *args: task.fn(*args), lambda msg: print(msg, file=sys.stderr), suite)
 
 
 if __name__ == "__main__":

@@ -92,12 +92,12 @@ def test_odd_modes_are_converted_by_default(tmp_path, good):
     modes = set(yaml.safe_load((tmp_path / "proj" / "data.dvc").read_text())["meta"]["classes"])
     assert v["meta"]["n_images"] == 64 and modes == {"circle", "square", "triangle"}
     ds = scan_dataset(tmp_path / "proj" / "data")
-    odd = [i for i, r in enumerate(ds.records) if r.path.stem in ("sixteen", "cmyk", "palette", "alpha")]
+    odd = [i for i, r in enumerate(ds.records) if Path(r.path).stem in ("sixteen", "cmyk", "palette", "alpha")]
     loader = ImageDataset(ds.records, ds.class_to_idx, lambda im: np.asarray(im))
     for i in odd:
         arr = loader[i][0]
         assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
-    sixteen = next(loader[i][0] for i in odd if ds.records[i].path.stem == "sixteen")
+    sixteen = next(loader[i][0] for i in odd if Path(ds.records[i].path).stem == "sixteen")
     assert sixteen.max() > 128, "16-bit values must be rescaled, not clipped to 255 or crushed"
 
 
@@ -169,9 +169,9 @@ def test_leak_across_splits_and_imbalance(tmp_path, good):
     recs = scan_dataset(good).records
     train = next(r for r in recs if r.split == "train")
     test = next(r for r in recs if r.split == "test")
-    test.path.write_bytes(train.path.read_bytes())
+    Path(test.path).write_bytes(Path(train.path).read_bytes())
     _rejected(tmp_path, good, "duplicate_across_splits: 2 offending")
-    test.path.unlink()
+    Path(test.path).unlink()
     (tmp_path / "proj").mkdir(exist_ok=True)
     (tmp_path / "proj" / "transferops.yaml").write_text("data: {max_class_imbalance: 1.05}\n")
     _rejected(tmp_path, good, "share_of_largest")

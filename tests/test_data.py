@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +12,12 @@ from transferops.samples import write_shapes
 
 def test_flat_folder_gets_stable_hash_splits(tmp_path):
     root = write_shapes(tmp_path / "d", per_class=40, classes=2)
-    before = {r.path.name: r.split for r in scan_dataset(root).records}
+    before = {Path(r.path).name: r.split for r in scan_dataset(root).records}
     write_shapes(tmp_path / "more", per_class=60, classes=2, seed=9)
     for cls in ("circle", "square"):
         for f in sorted((tmp_path / "more" / cls).iterdir())[40:]:
             shutil.copy(f, root / cls / f"new_{f.name}")
-    after = {r.path.name: r.split for r in scan_dataset(root).records}
+    after = {Path(r.path).name: r.split for r in scan_dataset(root).records}
     assert len(after) == 120
     assert all(after[name] == split for name, split in before.items()), "appending moved old images between splits"
     assert set(after.values()) == {"train", "val", "test"}
@@ -29,7 +30,7 @@ def test_explicit_split_folders_and_manifest(tmp_path):
         shutil.copytree(src, tmp_path / "split" / split)
     ds = scan_dataset(tmp_path / "split")
     assert ds.classes == ["circle", "square"] and ds.counts()["test"] == {"circle": 4, "square": 4}
-    lines = ["path,label,split"] + [f"s/{r.label}/{r.path.name},{r.label},train" for r in scan_dataset(src).records]
+    lines = ["path,label,split"] + [f"s/{r.label}/{Path(r.path).name},{r.label},train" for r in scan_dataset(src).records]
     (tmp_path / "m.csv").write_text("\n".join(lines))
     assert len(scan_dataset(tmp_path / "m.csv").split("train")) == 8
 
@@ -70,7 +71,7 @@ def test_image_table_flags_bad_files_and_leaks(tmp_path):
     assert table.decodes.sum() == 60
     # the same bytes in train and test is a leak
     recs = ds.records
-    a = next(r for r in recs if r.split == "train" and r.path.stat().st_size > 100)
+    a = next(r for r in recs if r.split == "train" and Path(r.path).stat().st_size > 100)
     b = next(r for r in recs if r.split == "test")
     shutil.copy(a.path, b.path)
     leaks = image_table(scan_dataset(root)).query("duplicate_across_splits")

@@ -114,12 +114,16 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_data_add(args: argparse.Namespace) -> None:
-    from flows.data import DataParams, add_data, add_data_direct
+    from tasks.expectations import SuiteRunner
 
-    run = add_data if args.orchestrate else add_data_direct
-    v = run(DataParams(source=args.source, message=args.message, replace=args.replace,
+    # GX takes ~2 s of CPU to import: its helper process starts before Prefect and the flows load
+    with SuiteRunner(enabled=not args.orchestrate) as suite:
+        from flows.data import DataParams, add_data, add_data_direct
+
+        params = DataParams(source=args.source, message=args.message, replace=args.replace,
                             allow_class_change=args.allow_class_change, project_dir=str(args.workdir),
-                            config_file=args.config))
+                            config_file=args.config)
+        v = add_data(params) if args.orchestrate else add_data_direct(params, suite)
     meta = v["meta"]
     result = {"rev": v["rev"], "content_hash": meta["content_hash"], "dvc_md5": v["md5"], "images": meta["n_images"],
               "added": meta["added"], "new_bytes": meta["new_bytes"], "reused": meta["reused"],

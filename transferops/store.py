@@ -88,10 +88,11 @@ def read_index(root: str | Path) -> pd.DataFrame:
 
 def content_hash(index: pd.DataFrame) -> str:
     """Hash of what a version *is*: sorted (path, label, split, sha256) rows."""
-    h = hashlib.sha256()
-    for row in index[["path", "label", "split", "sha256"]].sort_values("path").itertuples(index=False):
-        h.update(("\t".join(row) + "\n").encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+    rows = index[["path", "label", "split", "sha256"]].sort_values("path")
+    # one tab-joined line per row; built column-wise, as iterating rows costs ~0.3 s at 70k
+    lines = rows["path"].str.cat([rows["label"], rows["split"], rows["sha256"]], sep="\t").tolist()
+    text = "".join(line + "\n" for line in lines)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _counts(index: pd.DataFrame) -> dict[str, dict[str, int]]:

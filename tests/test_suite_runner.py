@@ -1,0 +1,46 @@
+"""The GX suite in its helper process gives the same report as in-process."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import pandas as pd
+    from tasks.validation import Rules, SuiteRunner, run_suite
+
+    def table(bad):
+        rows = [dict(path=f"{c}/{i}.png", label=c, split="train", decodes=not (bad and i == 0), error="",
+                     width=32, height=32, mode="RGB", bytes=100, sha256=f"{c}{i}", duplicate_across_splits=False)
+                for c in ("a", "b") for i in range(6)]
+        return pd.DataFrame(rows)
+
+    if __name__ == "__main__":
+        rules = Rules(["a", "b"], 5, ["RGB"], 8, 4096, 3.0)
+        results = []
+        for bad in (False, True):
+            with SuiteRunner() as suite:
+                assert suite.enabled and "great_expectations" not in sys.modules
+                results.append(suite.run(table(bad), rules))
+        # the suite ran in the helpers: this process never imported GX
+        assert "great_expectations" not in sys.modules
+        good, bad = results
+        print(good.success, bad.success, [r["examples"] for r in bad.failures()])
+        local = run_suite(table(True), rules)
+        assert [r["success"] for r in local.results] == [r["success"] for r in bad.results]
+""")
+
+
+@pytest.mark.integration
+def test_suite_runs_in_helper_process(tmp_path):
+    script = tmp_path / "runner.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("True False [['a/0.png', 'b/0.png']]"), out.stdout
