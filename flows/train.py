@@ -82,6 +82,9 @@ def train(params: TrainParams) -> dict:
             "source": params.source, "backbone": src.backbone, "strategy": choice.name, "data_rev": version.rev,
             "data_md5": version.md5, "classes": ",".join(images.classes), **{f"training.{k}": v for k, v in settings.training.model_dump().items()}})
         registry.log_json(settings, run_id, {"choice": choice.as_dict(), "drift": drift.as_dict()}, "decision/strategy.json")
+        if drift.report:
+            registry.log_metrics(settings, run_id, {f"drift_{r.test}_p_val": r.p_val for r in drift.report.results}
+                                 | {"source_similarity": drift.report.similarity})
 
         # 5-6. fine-tune, evaluate challenger and champion on the same held-out split
         key = modeling.checkpoint_key(version.md5, params.source, choice.as_dict(), settings.training.model_dump())
@@ -114,7 +117,9 @@ def train(params: TrainParams) -> dict:
             "total_params": trained.params["total"],
         }
         report = reporting.write_run_report(settings, run_id, run_name, summary, trained.fit.history, metrics["confusion"],
-                                            images.classes, src.profile, drift.target_embeddings, validation_file)
+                                            images.classes, src.profile.embeddings if src.profile else None,
+                                            drift.target_embeddings, validation_file,
+                                            drift.report.as_dict() if drift.report else None)
         registry.end_run(settings, run_id, "FINISHED")
     except BaseException:
         registry.end_run(settings, run_id, "FAILED")

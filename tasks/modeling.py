@@ -20,11 +20,13 @@ from tasks import registry
 from transferops.config import Settings
 from transferops.data import ImageSet, per_class_train_size
 from transferops.loading import make_loader
-from transferops.drift import DriftResult, MMDDrift, source_similarity
+from transferops.drift import DriftResult
+from transferops.drift.profile import Profile, build_profile
+from transferops.drift.report import DriftReport, drift_report
 from transferops.models import (build_model, count_parameters, load_bundle, resolve_weights, save_bundle,
                                 transforms_spec)
 from transferops.strategy import StrategyChoice, apply_strategy, choose_strategy, n_blocks, strategy_by_name
-from transferops.training import (FitResult, evaluate, extract_embeddings, fit, make_optimizer, resolve_device,
+from transferops.training import (FitResult, evaluate, fit, make_optimizer, resolve_device,
                                   seed_everything)
 
 
@@ -35,19 +37,12 @@ class SourceModel:
     uri: str
     backbone: str
     weights: Weights
-    profile: np.ndarray | None
+    profile: Profile | None
     profile_origin: str
 
     @property
     def categories(self) -> list[str]:
         return list(self.weights.meta.get("categories") or [])
-
-
-def _load_profile(path: Path) -> np.ndarray:
-    with np.load(path) as z:
-        if "embeddings" not in z:
-            raise ValueError(f"profile {path} has no 'embeddings' array; rebuild it with transferops")
-        return z["embeddings"]
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
@@ -74,8 +69,7 @@ def resolve_source(settings: Settings, source: str, backbone: str | None = None,
         prof = Path(profile).expanduser()
         if not prof.is_file():
             raise FileNotFoundError(f"source profile {prof} does not exist; pass an .npz built by transferops")
-    emb = _load_profile(prof) if prof else None
-    return SourceModel(source, name, weights, emb, str(prof) if prof else "none")
+    return SourceModel(source, name, weights, Profile.load(prof) if prof else None, str(prof) if prof else "none")
 
 
 def source_network(src: SourceModel) -> nn.Module:
@@ -84,45 +78,73 @@ def source_network(src: SourceModel) -> nn.Module:
     return build_model(src.backbone, n, weights=src.weights).eval()
 
 
-def embed_split(model: nn.Module, images: ImageSet, split: str | None, weights: Weights, limit: int,
-                batch_size: int, device: torch.device) -> np.ndarray:
-    """Embeddings of up to ``limit`` images of ``split`` (None: all), preprocessed by ``weights.transforms()``."""
+def embed_images(model: nn.Module, images: ImageSet, split: str | None, weights: Weights, limit: int,
+                 batch_size: int, device: torch.device, meta: dict[str, Any] | None = None) -> Profile:
+    """Embeddings, softmax outputs and labels of up to ``limit`` images of ``split`` (None: all),
+    preprocessed by ``weights.transforms()``; also the shape of a stored profile."""
     records = images.split(split) if split else images.records
-    step = max(1, len(records) // limit)  # an even spread over classes, deterministic
-    loader = make_loader(records[::step][:limit], images.class_to_idx, weights.transforms(),
-                         batch_size=batch_size, shuffle=False)
-    return extract_embeddings(model, loader, device, limit=limit)[0]
+    return build_profile(model, records, images.class_to_idx, weights, size=limit, batch_size=batch_size,
+                         device=device, meta=meta)
+
+
+@task(cache_policy=NO_CACHE)
+def profile_backbone(settings: Settings, backbone: str, weights: str, data: Path, size: int | None = None) -> Profile:
+    """A source profile of any torchvision backbone from a folder of source-domain images.
+
+    ``weights`` is a weights enum name (from the torch cache, never downloaded here), a
+    state-dict file or a bundle folder. Every image of every split is a candidate.
+    """
+    from transferops.data import scan_dataset
+
+    src = SourceModel(f"{backbone}:{weights}", backbone, resolve_weights(backbone, weights), None, "none")
+    if src.weights is None:
+        raise ValueError(f"--weights {weights} means random weights; a source profile needs the pretrained weights")
+    images = scan_dataset(data, settings.data.val_fraction, settings.data.test_fraction)
+    meta = {"backbone": backbone, "weights": str(weights), "data": str(Path(data).resolve()),
+            "transforms": transforms_spec(src.weights), "source_categories": len(src.categories)}
+    return embed_images(source_network(src), images, None, src.weights, size or settings.drift.profile_size,
+                        settings.training.batch_size, resolve_device(settings.training.device), meta)
 
 
 @dataclass
 class DriftOutcome:
-    """A drift result, or the reason the test could not run."""
+    """A drift report, or the reason the tests could not run."""
 
-    result: DriftResult | None
+    report: DriftReport | None
     reason: str
     target_embeddings: np.ndarray | None = None
-    similarity: float | None = None
+
+    @property
+    def result(self) -> DriftResult | None:
+        """The headline test's result (``drift.decision_test``)."""
+        return self.report.decision if self.report else None
+
+    @property
+    def similarity(self) -> float | None:
+        return self.report.similarity if self.report else None
 
     def as_dict(self) -> dict[str, Any]:
         return {"result": self.result.as_dict() if self.result else None, "reason": self.reason,
-                "similarity": self.similarity}
+                "similarity": self.similarity, "report": self.report.as_dict() if self.report else None}
 
 
 @task(cache_policy=NO_CACHE)
 def measure_drift(settings: Settings, src: SourceModel, images: ImageSet, split: str | None = "train") -> DriftOutcome:
-    """MMD two-sample test of the target's ``split`` (None: every image) against the source profile."""
+    """Every drift test of the target's ``split`` (None: every image) against the source profile."""
     if src.profile is None:
         return DriftOutcome(None, f"source {src.uri} has no profile (reference embeddings of its source domain)")
-    device = resolve_device(settings.training.device)
-    emb = embed_split(source_network(src), images, split, src.weights, settings.drift.max_samples,
-                      settings.training.batch_size, device)
     cfg = settings.drift
-    det = MMDDrift(src.profile, p_val=cfg.alpha, n_permutations=cfg.n_permutations,
-                   max_samples=cfg.max_samples, seed=cfg.seed)
-    res = det.predict(emb)
-    sim = source_similarity(src.profile, emb, max_samples=cfg.max_samples, seed=cfg.seed)
+    device = resolve_device(settings.training.device)
+    target = embed_images(source_network(src), images, split, src.weights, cfg.max_samples,
+                          settings.training.batch_size, device)
+    labels = [images.classes[i] for i in target.labels]
+    # the source network's softmax is over the *source* classes: BBSD then compares class mixes
+    report = drift_report(src.profile, target.embeddings, probs=target.probs, labels=labels, cfg=cfg,
+                          decision=cfg.decision_test)
+    res = report.decision
     verdict = "drift" if res.is_drift else "no drift"
-    return DriftOutcome(res, f"{verdict}: MMD p={res.p_val:.4f} at alpha={res.threshold}; similarity {sim:.3f}", emb, sim)
+    return DriftOutcome(report, f"{verdict}: {res.test} p={res.p_val:.4f} at alpha={res.threshold}; "
+                                f"similarity {report.similarity:.3f}", target.embeddings)
 
 
 @task(cache_policy=NO_CACHE)
@@ -223,11 +245,13 @@ def export_bundle(settings: Settings, model: nn.Module, src: SourceModel, images
                   extra: dict[str, Any]) -> Path:
     """Write the trained model as a bundle with its training profile (embeddings of its train split)."""
     device = resolve_device(settings.training.device)
-    emb = embed_split(model, images, "train", src.weights, settings.drift.profile_size,
-                      settings.training.batch_size, device)
     bundle = save_bundle(model, dest, backbone=src.backbone, categories=images.classes,
                          transforms=transforms_spec(src.weights), extra=extra)
-    np.savez_compressed(bundle.path / "profile.npz", embeddings=emb.astype(np.float32))
+    profile = embed_images(model, images, "train", src.weights, settings.drift.profile_size,
+                           settings.training.batch_size, device,
+                           meta={"backbone": src.backbone, "weights": str(bundle.path), "data": str(images.root),
+                                 "transforms": transforms_spec(src.weights)})
+    profile.save(bundle.path / "profile.npz")
     return bundle.path
 
 

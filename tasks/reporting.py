@@ -12,21 +12,31 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import registry
 from transferops.config import Settings
-from transferops.report import (markdown_table, plot_confusion, plot_embeddings, plot_learning_curves,
-                                write_report)
+from transferops.report import (markdown_table, plot_class_distances, plot_confusion, plot_embeddings,
+                                plot_learning_curves, write_report)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def write_run_report(settings: Settings, run_id: str, run_name: str, facts: dict[str, Any],
                      history: list[dict[str, Any]], confusion: list[list[int]] | None, classes: list[str],
-                     reference: np.ndarray | None, target: np.ndarray | None, validation: Path | None) -> Path:
+                     reference: np.ndarray | None, target: np.ndarray | None, validation: Path | None,
+                     drift: dict[str, Any] | None = None) -> Path:
     """Plot, write ``report.md`` and log the folder as the run's ``report`` artifact."""
     folder = settings.reports_dir / run_name
     folder.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, str]] = [("Summary", markdown_table([{"field": k, "value": v} for k, v in facts.items()]))]
     if reference is not None and target is not None and len(reference) and len(target):
         plot_embeddings(reference, target, folder / "drift_embeddings.png", "Source profile vs target (PCA)")
-        sections.append(("Drift", "![source vs target embeddings](drift_embeddings.png)"))
+        body = "![source vs target embeddings](drift_embeddings.png)\n"
+        if drift:
+            (folder / "drift.json").write_text(json.dumps(drift, indent=2, default=str))
+            rows = [{k: t[k] for k in ("test", "is_drift", "p_val", "threshold", "distance", "n_ref", "n_test")}
+                    for t in drift.get("tests", [])]
+            body += f"\nSimilarity to the source domain: {drift['similarity']:.3f}\n\n" + markdown_table(rows)
+            if drift.get("per_class_distance"):
+                plot_class_distances(drift["per_class_distance"], folder / "drift_per_class.png")
+                body += "\n![per-class distance to the source profile](drift_per_class.png)\n"
+        sections.append(("Drift", body))
     if history:
         plot_learning_curves(history, folder / "learning_curves.png")
         sections.append(("Learning curves", "![learning curves](learning_curves.png)\n\n" + markdown_table(history)))

@@ -7,7 +7,7 @@ import pytest
 
 from transferops.cli import get_args_parser, main
 
-COMMANDS = ["init", "demo", "source", "train", "drift", "status", "sample"]
+COMMANDS = ["init", "demo", "source", "train", "profile", "drift", "status", "sample"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -82,3 +82,31 @@ def test_importing_an_entry_point_turns_telemetry_off_before_prefect_loads(modul
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False true 1"
+
+
+def test_profile_then_drift_with_the_profile_alone(tmp_path, capsys, source_bundle, shapes_dir):
+    from transferops.drift.profile import Profile
+    from transferops.samples import write_shapes
+
+    out = tmp_path / "shapes.profile.npz"
+    assert main(["profile", "--workdir", str(tmp_path), "--backbone", "resnet18", "--weights", str(source_bundle),
+                 "--data", str(shapes_dir), "--out", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    prof = Profile.load(out)
+    assert info["samples"] == len(prof) == 90 and prof.probs.shape == (90, 3) and len(prof.classes) == 3
+    assert prof.meta["backbone"] == "resnet18" and prof.meta["weights"] == str(source_bundle)
+    shifted = write_shapes(tmp_path / "shifted", per_class=30, classes=3, style="shifted")
+    # no --source: the profile names the network that made it
+    assert main(["drift", "--workdir", str(tmp_path), "--profile", str(out), "--data", str(shifted)]) == 0
+    table = capsys.readouterr().out
+    assert all(t in table for t in ("mmd", "classifier", "ks", "bbsd", "similarity")) and "drift by mmd" in table
+    assert main(["drift", "--workdir", str(tmp_path), "--profile", str(out), "--data", str(shifted), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["is_drift"] and {t["test"] for t in res["tests"]} == {"mmd", "classifier", "ks", "bbsd"}
+    assert set(res["per_class_distance"]) == set(prof.classes)
+
+
+def test_profile_refuses_random_weights(tmp_path, capsys, shapes_dir):
+    code = main(["profile", "--workdir", str(tmp_path), "--backbone", "resnet18", "--weights", "none",
+                 "--data", str(shapes_dir)])
+    assert code == 2 and "needs the pretrained weights" in capsys.readouterr().err

@@ -64,8 +64,13 @@ def test_train_flow_registers_a_champion_with_full_lineage(first_run, project):
     remote = Path(s.resolved_dvc_remote)
     assert sum(1 for f in remote.rglob("*") if f.is_file()) >= dvc["nfiles"]
     report = Path(first_run["report"])
-    assert report.is_file() and {"learning_curves.png", "confusion_matrix.png", "drift_embeddings.png"} <= {
-        p.name for p in report.parent.iterdir()}
+    assert report.is_file() and {"learning_curves.png", "confusion_matrix.png", "drift_embeddings.png", "drift.json",
+                                 "drift_per_class.png"} <= {p.name for p in report.parent.iterdir()}
+    drift = json.loads((report.parent / "drift.json").read_text())
+    # BBSD runs when the source profile has softmax outputs, else it is reported as skipped
+    assert {t["test"] for t in drift["tests"]} | set(drift["skipped"]) == {"mmd", "classifier", "ks", "bbsd"}
+    assert set(drift["per_class_distance"]) <= set(first_run_classes := json.loads(v.tags["transferops.classes"]))
+    assert first_run_classes and "drift_mmd_p_val" in registry.client(s).get_run(v.run_id).data.metrics
     c = registry.client(s)
     artifacts = {a.path for a in c.list_artifacts(v.run_id)}
     assert {"model", "bundle", "report", "config", "decision"} <= artifacts

@@ -78,19 +78,55 @@ def cmd_train(args: argparse.Namespace) -> None:
     _emit(args, result, "Training run")
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    from tasks.modeling import profile_backbone
+    from transferops.config import load_settings
+
+    s = load_settings(args.workdir, args.config)
+    data = Path(args.data)
+    out = Path(args.out or f"{data.resolve().name}-{args.backbone}.profile.npz")
+    prof = profile_backbone.fn(s, args.backbone, args.weights, data, args.size)
+    prof.save(out)
+    _emit(args, {"profile": str(out), "backbone": args.backbone, "weights": args.weights, "samples": len(prof),
+                 "dim": int(prof.embeddings.shape[1]), "classes": len(prof.classes),
+                 "softmax_outputs": int(prof.probs.shape[1]) if prof.probs is not None else 0}, "Source profile")
+
+
 def cmd_drift(args: argparse.Namespace) -> None:
     from tasks.modeling import measure_drift, resolve_source
     from transferops.config import load_settings
     from transferops.data import scan_dataset
+    from transferops.drift.profile import Profile
 
     s = load_settings(args.workdir, args.config)
-    src = resolve_source.fn(s, args.source, args.backbone, args.profile)
+    source, backbone = args.source, args.backbone
+    if source is None:  # the profile names the network that made it
+        if not args.profile:
+            raise ValueError("pass --source (a model) or --profile (a profile made by `transferops profile`)")
+        meta = Profile.load(args.profile).meta
+        if not meta.get("backbone") or not meta.get("weights"):
+            raise ValueError(f"profile {args.profile} does not name its backbone and weights; also pass --source")
+        source, backbone = meta["weights"], meta["backbone"]
+        if not Path(source).expanduser().exists():
+            source = f"{backbone}:{source}"  # a weights enum name
+    src = resolve_source.fn(s, source, backbone, args.profile)
     images = scan_dataset(args.data, s.data.val_fraction, s.data.test_fraction)
     outcome = measure_drift.fn(s, src, images, split=None)
-    if outcome.result is None:
+    if outcome.report is None:
         raise ValueError(f"{outcome.reason}; pass --profile FILE.npz")
-    result = {"source": args.source, "data": str(args.data), **outcome.result.as_dict(), "similarity": outcome.similarity}
-    _emit(args, result, "Drift against the source profile")
+    report = outcome.report
+    if args.json:
+        print(json.dumps({"source": source, "data": str(args.data)} | report.as_dict(), indent=2, default=str))
+        return
+    console.print(_table(f"Drift of {args.data} against {src.profile_origin}", report.rows()))
+    verdict = "[red]drift[/]" if report.decision.is_drift else "[green]no drift[/]"
+    console.print(f"{verdict} by {report.decision.test} (p={report.decision.p_val:.4g}); "
+                  f"similarity to the source domain {report.similarity:.3f}")
+    if report.per_class:
+        worst = sorted(report.per_class.items(), key=lambda kv: -kv[1])[:5]
+        console.print("furthest classes (MMD²): " + ", ".join(f"{k} {v:.4f}" for k, v in worst))
+    for name, why in report.skipped.items():
+        console.print(f"[dim]{name} skipped: {why}[/]")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -215,10 +251,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backbone", default=None, help="architecture of a .pt source file")
     sp.add_argument("--source-profile", default=None, help=".npz of source reference embeddings")
     sp.add_argument("--epochs", type=int, default=None, help="overrides training.epochs")
-    sp = add("drift", cmd_drift, "test a dataset for drift against a source model's profile")
-    sp.add_argument("--source", required=True, help="models:/NAME@ALIAS, a bundle folder, or BACKBONE:WEIGHTS with --profile")
+    sp = add("profile", cmd_profile, "build a source profile (reference embeddings) of a backbone from source-domain images")
+    sp.add_argument("--backbone", required=True, help="torchvision architecture, e.g. resnet50")
+    sp.add_argument("--weights", default="DEFAULT", help="weights enum (from the torch cache), .pt state dict or bundle folder (default: DEFAULT)")
+    sp.add_argument("--data", required=True, help="ImageFolder tree or manifest of source-domain images")
+    sp.add_argument("--out", default=None, help="profile file (default: <data>-<backbone>.profile.npz here)")
+    sp.add_argument("--size", type=int, default=None, help="images to embed (default: drift.profile_size)")
+    sp = add("drift", cmd_drift, "test a dataset for drift against a profile: MMD, classifier, KS and BBSD tests")
+    sp.add_argument("--source", default=None, help="models:/NAME@ALIAS, a bundle folder, or BACKBONE:WEIGHTS (default: the profile's own)")
     sp.add_argument("--data", required=True, help="ImageFolder tree or manifest")
-    sp.add_argument("--profile", default=None, help=".npz of reference embeddings (overrides the source's own)")
+    sp.add_argument("--profile", default=None, help="profile .npz (overrides the source's own)")
     sp.add_argument("--backbone", default=None, help="architecture of a .pt source file")
     add("status", cmd_status, "show registered versions, aliases, strategy and data revision")
     data = sub.add_parser("data", help="dataset versions: add, list, checkout")

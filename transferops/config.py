@@ -79,9 +79,14 @@ class DriftConfig(BaseModel):
     """Two-sample test on backbone embeddings."""
 
     alpha: float = Field(0.05, gt=0, lt=1)  # p-value below this is drift
-    n_permutations: int = Field(200, ge=10)
+    n_permutations: int = Field(200, ge=10)  # MMD permutation test; p-values resolve to 1/(n+1)
+    n_components: int | None = Field(64, ge=2)  # MMD on the top principal components (None: all dims)
+    shrinkage: float | None = Field(1.0, ge=0)  # MMD rescaling: 0 whitens, None keeps the raw scale (alibi's)
     max_samples: int = Field(1000, ge=10)  # per side; larger samples are subsampled
     profile_size: int = Field(1000, ge=10)  # reference embeddings kept per profile
+    # per-feature KS multiple-testing correction; "permutation" (max-KS) is exact, the others conservative
+    ks_correction: Literal["permutation", "bonferroni", "fdr"] = "permutation"
+    decision_test: Literal["mmd", "classifier", "ks", "bbsd"] = "mmd"  # whose verdict is the run's drift flag
     seed: int = 0
 
 

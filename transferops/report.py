@@ -1,7 +1,8 @@
 """Plots and the Markdown run report.
 
 Plots go where people would rather look than read: learning curves, the
-confusion matrix, and source-versus-target embeddings in 2-D (PCA). They are
+confusion matrix, source-versus-target embeddings in 2-D (PCA) and per-class drift
+distances. They are
 written as PNG files; the flows log them to MLflow and link them from the report.
 """
 
@@ -82,6 +83,20 @@ def plot_embeddings(reference: np.ndarray, target: np.ndarray, path: Path, title
     ax.scatter(b[:, 0], b[:, 1], s=6, alpha=0.45, label=f"{labels[1]} (n={len(b)})")
     ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
     ax.legend(markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_class_distances(distances: dict[str, float], path: Path, title: str = "Per-class distance to the profile") -> Path:
+    """Horizontal bars of each class's MMD^2 to the reference, largest first."""
+    plt = _pyplot()
+    items = sorted(distances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(5.5, max(2.5, 0.3 * len(items) + 1)))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:orange")
+    ax.set(xlabel="MMD² (Gaussian kernel)", title=title)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
