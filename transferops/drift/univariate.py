@@ -85,11 +85,12 @@ def max_ks_null(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int, ch
     """
     import torch
 
+    from transferops.drift.mmd import permutation_indicators
+
     n, m = len(a), len(b)
     z = torch.from_numpy(np.concatenate([a, b]).astype(np.float32))
     gen = torch.Generator().manual_seed(seed)
-    ind = torch.zeros(n_permutations, n + m)
-    ind.scatter_(1, torch.stack([torch.randperm(n + m, generator=gen)[:n] for _ in range(n_permutations)]), 1.0)
+    ind = permutation_indicators(n, m, n_permutations, gen)[1:]  # row 0 is the observed split
     sorted_z, order = z.sort(0)  # (N, d)
     last = torch.ones_like(sorted_z, dtype=torch.bool)
     last[:-1] = sorted_z[1:] != sorted_z[:-1]  # only the last of a run of ties is a valid cut
