@@ -215,7 +215,7 @@ def download_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dic
 def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: str, metrics: dict[str, Any],
                  classes: list[str]) -> dict[str, str]:
     """The lineage every registered target version carries (data, strategy, drift, code, backbone)."""
-    from tasks.versioning import code_git_sha
+    from tasks.dvcstore import code_git_sha
 
     na = f"n/a ({drift.reason})"
     return {
@@ -231,17 +231,3 @@ def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: s
         "transferops.test_accuracy": f"{metrics['accuracy']:.6f}",
         "transferops.classes": json.dumps(classes),
     }
-
-
-def expected_classes(settings: Settings, target: str, base: Any) -> list[str] | None:
-    """The class set a new version of ``target`` must keep: the registered champion's for the
-    training data, else the current version's; None when there is nothing to keep."""
-    local_db = settings.state_dir / "mlflow.db"
-    no_registry = settings.tracking_uri is None and not local_db.exists()  # nothing registered yet
-    if target == "data" and not no_registry:
-        champion = alias_version(settings, settings.model_name, CHAMPION)
-        if champion is not None and champion.tags.get("transferops.classes"):
-            return json.loads(champion.tags["transferops.classes"])
-    if base is not None and len(base):
-        return sorted(base["label"].unique().tolist())
-    return None

@@ -22,3 +22,20 @@ def test_root_data_dvc_is_the_regenerated_sample(tmp_path):
         "`transferops sample handwritten-digits /tmp/s && transferops data add /tmp/s --replace` in the repo and commit data.dvc")
     # the folder remote is stored relative to .dvc/, so the project can move
     assert "url = ../.transferops/dvc-remote" in (project / ".dvc" / "config").read_text()
+
+
+def test_cli_data_add_runs_without_importing_prefect(tmp_path):
+    """The direct path skips Prefect's ~0.6 s import: `data add` of a small version costs seconds."""
+    import subprocess
+    import sys
+
+    from transferops.samples import write_shapes
+
+    src = write_shapes(tmp_path / "src", per_class=30)
+    code = ("import sys; from transferops.cli import main; "
+            f"rc = main(['data', 'add', {str(src)!r}, '--workdir', {str(tmp_path / 'proj')!r}, '--json']); "
+            "assert rc in (0, None), rc; "
+            "print('PREFECT_IMPORTED' if 'prefect' in sys.modules else 'NO_PREFECT')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("NO_PREFECT"), out.stdout[-500:]

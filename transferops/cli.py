@@ -43,7 +43,7 @@ def _emit(args: argparse.Namespace, result: Any, title: str, columns: list[str] 
 
 # --------------------------------------------------------------------------- commands
 def cmd_init(args: argparse.Namespace) -> None:
-    from tasks.versioning import ensure_project
+    from tasks.dvcstore import ensure_project
     from transferops.config import load_settings
 
     s = load_settings(args.workdir, args.config)
@@ -152,14 +152,19 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_data_add(args: argparse.Namespace) -> None:
     from tasks.expectations import SuiteRunner
 
-    # GX takes ~2 s of CPU to import: its helper process starts before Prefect and the flows load
+    # GX takes ~2 s of CPU to import: its helper process starts before anything else loads
     with SuiteRunner(enabled=not args.orchestrate) as suite:
-        from flows.data import DataParams, add_data, add_data_direct
+        from tasks.ingest import DataParams, add_data_direct  # no Prefect on the direct path
 
         params = DataParams(source=args.source, message=args.message, replace=args.replace,
                             allow_class_change=args.allow_class_change, project_dir=str(args.workdir),
                             config_file=args.config)
-        v = add_data(params) if args.orchestrate else add_data_direct(params, suite)
+        if args.orchestrate:
+            from flows.data import add_data
+
+            v = add_data(params)
+        else:
+            v = add_data_direct(params, suite)
     meta = v["meta"]
     result = {"rev": v["rev"], "content_hash": meta["content_hash"], "dvc_md5": v["md5"], "images": meta["n_images"],
               "added": meta["added"], "new_bytes": meta["new_bytes"], "reused": meta["reused"],
@@ -168,7 +173,7 @@ def cmd_data_add(args: argparse.Namespace) -> None:
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
-    from tasks.versioning import list_versions
+    from tasks.dvcstore import list_versions
     from transferops.config import load_settings
 
     s = load_settings(args.workdir, args.config)
@@ -183,13 +188,13 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
 
 def cmd_data_checkout(args: argparse.Namespace) -> None:
-    from tasks.versioning import checkout_version
+    from tasks.dvcstore import checkout_version
     from transferops.config import load_settings
     from transferops.store import export
 
     s = load_settings(args.workdir, args.config)
     dest = Path(args.to) if args.to else s.state_dir / "datasets" / args.rev
-    v = checkout_version.fn(s.project_dir, args.rev, dest)
+    v = checkout_version(s.project_dir, args.rev, dest)
     result = {"rev": v.rev, "path": v.path, "images": v.meta.get("n_images"),
               "content_hash": v.meta.get("content_hash"), "verified": True}
     if args.export:
