@@ -1,10 +1,10 @@
-"""Dataset validation with Great Expectations: the only adapter to GX.
+"""Dataset validation with Great Expectations, as Prefect tasks.
 
-The core builds the per-image table (``transferops.data.image_table``: decode status,
+The GX adapter is ``tasks/expectations.py`` (the suite) and ``tasks/checks.py`` (the steps,
+plain functions). The core builds the per-image table (``transferops.data.image_table``: decode status,
 mode, size, sha256, cross-split duplicates); a GX suite on an ephemeral context checks it
 and a per-class count table derived from it. A failed
-validation raises :class:`DataValidationError` carrying the full report. The steps are
-plain functions in ``tasks/checks.py``; here they become Prefect tasks.
+validation raises :class:`DataValidationError` carrying the full report.
 """
 
 from __future__ import annotations
