@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from transferops.drift.base import DriftResult, check_embeddings
-from transferops.drift.classifier import ClassifierDrift
+from transferops.drift.classifier import ClassifierDrift, source_similarity
 from transferops.drift.mmd import MMDDrift, mmd2
 from transferops.drift.profile import Profile
 from transferops.drift.univariate import KSDrift, LabelShiftDrift
@@ -76,10 +76,11 @@ def drift_report(profile: Profile, embeddings: np.ndarray, *, probs: np.ndarray 
             continue
         results.append(detectors[name]().predict(probs if name == "bbsd" else x))
     by_name = {r.test: r for r in results}
-    classifier = by_name.get("classifier") or ClassifierDrift(ref, max_samples=max_samples, seed=seed).predict(x)
+    similarity = (by_name["classifier"].detail["similarity"] if "classifier" in by_name
+                  else source_similarity(ref, x, max_samples=max_samples, seed=seed))
     head = by_name.get(decision) or results[0]
     per_class = per_class_distances(profile, x, labels, seed=seed) if labels is not None else {}
-    return DriftReport(results, classifier.detail["similarity"], head, per_class, skipped)
+    return DriftReport(results, similarity, head, per_class, skipped)
 
 
 def per_class_distances(profile: Profile, x: np.ndarray, labels: list[str], *, seed: int = 0) -> dict[str, float]:
