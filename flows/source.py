@@ -8,16 +8,16 @@ reuse it with ``--source models:/transferops-source@champion``.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.data import DataParams, add_data
-from tasks import modeling, registry, reporting, versioning
-from tasks.validation import load_dataset
-from transferops.config import load_settings
+from flows.common import open_run, prepare_data
+from tasks import modeling, registry, versioning
+from tasks.tracking import tracked_run
+from transferops.engine import checkpoint_key, input_example
+from transferops.lineage import Lineage
+from transferops.report import RunReport
+from transferops.strategy import strategy_by_name
 
 
 class SourceParams(BaseModel):
@@ -35,50 +35,37 @@ class SourceParams(BaseModel):
 @flow(name="transferops-source", log_prints=True)
 def develop_source(params: SourceParams) -> dict:
     """Train a source model from scratch, profile it, register it as the source champion."""
-    settings = load_settings(params.project_dir, params.config_file)
-    if params.epochs:
-        settings.training.epochs = params.epochs
-    root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote,
-                                         settings.dvc_remote_endpoint)
-    run_name = params.run_name or f"source-{time.strftime('%Y%m%d-%H%M%S')}"
-    dcfg = settings.data
+    ctx = open_run(params.project_dir, params.config_file, params.run_name, "source", params.epochs)
+    s = ctx.settings
     # a source dataset is a snapshot: replace, so its class set is its own
-    added = add_data(DataParams(source=params.data, target="source-data", replace=True,
-                                message=f"source data from {params.data}", project_dir=str(settings.project_dir),
-                                config_file=params.config_file, run_name=run_name))
-    version = versioning.checkout_version(root, added["rev"], settings.state_dir / "datasets" / added["rev"], "source-data")
-    images = load_dataset(Path(version.path), dcfg.val_fraction, dcfg.test_fraction)
-    validation_file = Path(added["validation"])
-
-    run_id = registry.start_run(settings, run_name, {"transferops.flow": "source", "transferops.data_rev": version.rev})
-    try:
+    data = prepare_data(ctx, source=params.data, target="source-data", replace=True,
+                        message=f"source data from {params.data}")
+    version, images = data.version, data.images
+    with tracked_run(s, ctx.run_name, {"transferops.flow": "source", "transferops.data_rev": version.rev}) as run:
         src = modeling.scratch_source(images, params.backbone, params.image_size)
-        choice = modeling.pick_strategy(settings, "scratch", src, images, modeling.DriftOutcome(None, "source model: no drift test"))
-        registry.log_params(settings, run_id, {"backbone": params.backbone, "image_size": params.image_size,
-                                               "data_rev": version.rev, "data_md5": version.md5,
-                                               **{f"training.{k}": v for k, v in settings.training.model_dump().items()}})
-        key = modeling.checkpoint_key("source", version.md5, params.backbone, params.image_size, settings.training.model_dump())
-        trained = modeling.train_model(settings, run_id, src, choice, images, key)
-        metrics = modeling.evaluate_on_test(settings, trained.model, src.weights, images)
-        registry.log_metrics(settings, run_id, {f"test_{k}": v for k, v in metrics.items() if k != "confusion"})
-        tags = {"transferops.role": "source", "transferops.data_rev": version.rev, "transferops.data_md5": version.md5,
-                "transferops.backbone": params.backbone, "transferops.strategy": "scratch",
-                "transferops.git_sha": versioning.code_git_sha(), "transferops.test_accuracy": f"{metrics['accuracy']:.6f}"}
-        bundle = modeling.export_bundle(settings, trained.model, src, images, settings.state_dir / "bundles" / run_id,
+        choice = strategy_by_name("scratch", n_blocks=0, cfg=s.strategy, backbone_lr_mult=1.0,
+                                  reason="a source model is developed from scratch on plenty of source data.")
+        run.log_params({"backbone": params.backbone, "image_size": params.image_size,
+                        "data_rev": version.rev, "data_md5": version.md5})
+        key = checkpoint_key("source", version.md5, params.backbone, params.image_size, s.training.model_dump())
+        trained = modeling.train_model(s, run, src, choice, images, key)
+        metrics = modeling.evaluate_on_test(s, trained.model, src.weights, images)
+        run.log_metrics(metrics, prefix="test_")
+        tags = Lineage(role="source", data_rev=version.rev, data_md5=version.md5, backbone=params.backbone,
+                       source=src.uri, strategy="scratch", strategy_reason=choice.reason,
+                       git_sha=versioning.code_git_sha(), test_accuracy=metrics["accuracy"],
+                       classes=tuple(images.classes), drift_note="source model: no drift test").tags()
+        bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "role": "source"})
-        example = modeling.input_example(src.weights, images)
-        mv = registry.log_and_register(settings, run_id, settings.source_model_name, trained.model, bundle, example, tags)
-        # A deliberately developed source replaces the previous one.
-        registry.set_alias(settings, settings.source_model_name, registry.CHAMPION, mv.version)
-        summary = {"run_name": run_name, "run_id": run_id, "model": settings.source_model_name, "version": mv.version,
-                   "uri": f"models:/{settings.source_model_name}@champion", "backbone": params.backbone,
+        mv = registry.log_and_register(s, run.run_id, s.source_model_name, trained.model, bundle,
+                                       input_example(src.weights, images), tags)
+        summary = {"run_name": ctx.run_name, "run_id": run.run_id, "model": s.source_model_name, "version": mv.version,
+                   "uri": f"models:/{s.source_model_name}@champion", "backbone": params.backbone,
                    "data_rev": version.rev, "test_accuracy": metrics["accuracy"], "epochs_run": len(trained.fit.history)}
-        report = reporting.write_run_report(settings, run_id, run_name, summary, trained.fit.history, metrics["confusion"],
-                                            images.classes, None, None, validation_file)
-        registry.end_run(settings, run_id, "FINISHED")
-    except BaseException:
-        registry.end_run(settings, run_id, "FAILED")
-        raise
+        report = run.report(RunReport(ctx.run_name, summary, trained.fit.history, metrics["confusion"], images.classes,
+                                      validation=data.validation_file))
+        # A deliberately developed source replaces the previous one.
+        registry.set_alias(s, s.source_model_name, registry.CHAMPION, mv.version)
     return summary | {"report": str(report)}
 
 

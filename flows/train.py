@@ -6,18 +6,18 @@ never reaches ``data.dvc``, the DVC remote or the registry.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow
 from pydantic import BaseModel, Field, model_validator
 
-from flows.data import DataParams, add_data
-from tasks import modeling, registry, reporting, versioning
-from tasks.validation import DataValidationError, load_dataset, validate_dataset
-from transferops.config import load_settings
+from flows.common import open_run, prepare_data
+from tasks import modeling, registry, versioning
+from tasks.tracking import tracked_run
+from transferops.engine import checkpoint_key, input_example
+from transferops.lineage import Lineage
 from transferops.promotion import decide_promotion
+from transferops.report import RunReport
 
 
 class TrainParams(BaseModel):
@@ -45,85 +45,62 @@ class TrainParams(BaseModel):
 @flow(name="transferops-train", log_prints=True)
 def train(params: TrainParams) -> dict:
     """Train a challenger from a source model and register it; move ``champion`` if it wins."""
-    settings = load_settings(params.project_dir, params.config_file)
-    if params.epochs:
-        settings.training.epochs = params.epochs
-    root = versioning.prepare_project(settings.project_dir, settings.resolved_dvc_remote,
-                                         settings.dvc_remote_endpoint)
-    run_name = params.run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    dcfg = settings.data
-
-    # 1-2. validate and version new data (the data flow), or check out an existing version
-    if params.data:
-        added = add_data(DataParams(source=params.data, allow_class_change=params.allow_class_change,
-                                    project_dir=str(settings.project_dir), config_file=params.config_file,
-                                    run_name=run_name))
-        rev = added["rev"]
-    else:
-        rev = params.data_rev or versioning.current_version(root).rev
-    version = versioning.checkout_version(root, rev, settings.state_dir / "datasets" / rev)
-    images = load_dataset(Path(version.path), dcfg.val_fraction, dcfg.test_fraction)
-    validation_file = settings.reports_dir / run_name / "validation.json"
-    if not params.data:  # an existing version is validated again: rules may have changed since
-        try:
-            validate_dataset(images, dcfg).write(validation_file)
-        except DataValidationError as exc:
-            reporting.record_validation_failure(settings, run_name, exc)
-            raise
-
-    run_id = registry.start_run(settings, run_name, {"transferops.flow": "train", "transferops.data_rev": version.rev})
-    try:
+    ctx = open_run(params.project_dir, params.config_file, params.run_name, "train", params.epochs)
+    s = ctx.settings
+    # 1-2. validate and version new data, or check out an existing version and validate it again
+    data = prepare_data(ctx, source=params.data, rev=params.data_rev, allow_class_change=params.allow_class_change)
+    version, images = data.version, data.images
+    with tracked_run(s, ctx.run_name, {"transferops.flow": "train", "transferops.data_rev": version.rev}) as run:
         # 3-4. drift against the source domain, then the reuse strategy
-        src = modeling.resolve_source(settings, params.source, params.backbone, params.source_profile)
-        drift = modeling.measure_drift(settings, src, images)
-        choice = modeling.pick_strategy(settings, params.strategy, src, images, drift)
+        src = modeling.resolve_source(s, params.source, params.backbone, params.source_profile)
+        drift = modeling.measure_drift(s, src, images)
+        choice = modeling.pick_strategy(s, params.strategy, src, images, drift)
         print(f"Strategy {choice.name}: {choice.reason}")
-        registry.log_params(settings, run_id, {
-            "source": params.source, "backbone": src.backbone, "strategy": choice.name, "data_rev": version.rev,
-            "data_md5": version.md5, "classes": ",".join(images.classes), **{f"training.{k}": v for k, v in settings.training.model_dump().items()}})
-        registry.log_json(settings, run_id, {"choice": choice.as_dict(), "drift": drift.as_dict()}, "decision/strategy.json")
+        run.log_params({"source": params.source, "backbone": src.backbone, "strategy": choice.name,
+                        "data_rev": version.rev, "data_md5": version.md5, "classes": ",".join(images.classes)})
+        run.log_json({"choice": choice.as_dict(), "drift": drift.as_dict()}, "decision/strategy.json")
         if drift.report:
-            registry.log_metrics(settings, run_id, {f"drift_{r.test}_p_val": r.p_val for r in drift.report.results}
-                                 | {"source_similarity": drift.report.similarity})
+            run.log_metrics({f"drift_{r.test}_p_val": r.p_val for r in drift.report.results}
+                            | {"source_similarity": drift.report.similarity})
 
         # 5-6. fine-tune, evaluate challenger and champion on the same held-out split
-        key = modeling.checkpoint_key(version.md5, params.source, choice.as_dict(), settings.training.model_dump())
-        trained = modeling.train_model(settings, run_id, src, choice, images, key)
-        metrics = modeling.evaluate_on_test(settings, trained.model, src.weights, images)
-        registry.log_metrics(settings, run_id, {f"test_{k}": v for k, v in metrics.items() if k != "confusion"})
-        champ_metrics, champ_version, champ_note = modeling.evaluate_champion(settings, images)
-        decision = decide_promotion(metrics, champ_metrics, settings.promotion)
+        key = checkpoint_key(version.md5, params.source, choice.as_dict(), s.training.model_dump())
+        trained = modeling.train_model(s, run, src, choice, images, key)
+        metrics = modeling.evaluate_on_test(s, trained.model, src.weights, images)
+        run.log_metrics(metrics, prefix="test_")
+        champion = modeling.evaluate_champion(s, images)
+        decision = decide_promotion(metrics, champion.metrics, s.promotion)
 
-        # 7. register with lineage, then move aliases
-        tags = registry.lineage_tags(version, choice, drift, src.backbone, params.source, metrics, images.classes)
-        bundle = modeling.export_bundle(settings, trained.model, src, images, settings.state_dir / "bundles" / run_id,
+        # 7. register with lineage, report, and only then move the aliases
+        lineage = Lineage(role="target", data_rev=version.rev, data_md5=version.md5, backbone=src.backbone,
+                          source=params.source, strategy=choice.name, strategy_reason=choice.reason,
+                          git_sha=versioning.code_git_sha(), test_accuracy=metrics["accuracy"],
+                          classes=tuple(images.classes), similarity=drift.similarity,
+                          drift_p_val=drift.result.p_val if drift.result else None,
+                          drift_note="" if drift.report else drift.reason)
+        tags = lineage.tags()
+        bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})
-        example = modeling.input_example(src.weights, images)
-        mv = registry.log_and_register(settings, run_id, settings.model_name, trained.model, bundle, example, tags)
-        registry.set_alias(settings, settings.model_name, registry.CHALLENGER, mv.version)
-        if decision.promote:
-            registry.set_alias(settings, settings.model_name, registry.CHAMPION, mv.version)
-        registry.log_json(settings, run_id, decision.as_dict() | {"champion_note": champ_note}, "decision/promotion.json")
-
+        mv = registry.log_and_register(s, run.run_id, s.model_name, trained.model, bundle,
+                                       input_example(src.weights, images), tags)
+        run.log_json(decision.as_dict() | {"champion_note": champion.note}, "decision/promotion.json")
         summary = {
-            "run_name": run_name, "run_id": run_id, "model": settings.model_name, "version": mv.version,
-            "promoted": decision.promote, "promotion_reason": decision.reason, "previous_champion": champ_version,
+            "run_name": ctx.run_name, "run_id": run.run_id, "model": s.model_name, "version": mv.version,
+            "promoted": decision.promote, "promotion_reason": decision.reason, "previous_champion": champion.version,
             "strategy": choice.name, "strategy_reason": choice.reason, "data_rev": version.rev, "data_md5": version.md5,
             "test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
-            "champion_test_accuracy": champ_metrics["accuracy"] if champ_metrics else None,
+            "champion_test_accuracy": champion.metrics["accuracy"] if champion.metrics else None,
             "similarity": drift.similarity,
             "drift_p_val": drift.result.p_val if drift.result else None, "drift_note": drift.reason,
             "epochs_run": len(trained.fit.history), "trainable_params": trained.params["trainable"],
             "total_params": trained.params["total"],
         }
-        report = reporting.write_run_report(settings, run_id, run_name, summary, trained.fit.history, metrics["confusion"],
-                                            images.classes, src.profile.embeddings if src.profile else None,
-                                            drift.target_embeddings, validation_file,
-                                            drift.report.as_dict() if drift.report else None)
-        registry.end_run(settings, run_id, "FINISHED")
-    except BaseException:
-        registry.end_run(settings, run_id, "FAILED")
-        raise
+        report = run.report(RunReport(ctx.run_name, summary, trained.fit.history, metrics["confusion"], images.classes,
+                                      src.profile.embeddings if src.profile else None, drift.target_embeddings,
+                                      drift.report.as_dict() if drift.report else None, data.validation_file))
+        registry.set_alias(s, s.model_name, registry.CHALLENGER, mv.version)
+        if decision.promote:
+            registry.set_alias(s, s.model_name, registry.CHAMPION, mv.version)
     return summary | {"report": str(report)}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from transferops.errors import TransferopsError
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
@@ -38,7 +39,7 @@ def _quiet_dvc() -> None:
 GITIGNORE = ".transferops/\nreports/\n"
 
 
-class VersioningError(RuntimeError):
+class VersioningError(TransferopsError, RuntimeError):
     """git or DVC refused; the message says which command and why."""
 
 

@@ -59,16 +59,22 @@ def expected_classes(settings: Settings, target: str, base: Any) -> list[str] | 
     return None
 
 
-def ingest(params: DataParams, steps: Any, say: Callable[[str], None] = print,
-           suite: SuiteRunner | None = None) -> dict:
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)  # progress is for people; stdout stays clean for --json
+
+
+def ingest(params: DataParams, steps: Any, say: Callable[[str], None] = _stderr,
+           suite: SuiteRunner | None = None, settings: Settings | None = None, root: Path | None = None) -> dict:
     """Validate ``params.source`` and commit it as a new version of ``params.target``; returns the version.
 
     ``steps`` has ``prepare_project``, ``load_dataset``, ``validate_dataset``, ``add_version``
     and ``push_version`` (tasks or plain functions); ``suite`` is a GX runner the caller
-    started early, otherwise one starts here.
+    started early, otherwise one starts here. A flow that has already loaded its ``settings``
+    and prepared the project (``root``) passes both, so neither happens twice in one run.
     """
-    settings = load_settings(params.project_dir, params.config_file)
-    root = steps.prepare_project(settings.project_dir, settings.resolved_dvc_remote, settings.dvc_remote_endpoint)
+    settings = settings or load_settings(params.project_dir, params.config_file)
+    root = root or steps.prepare_project(settings.project_dir, settings.resolved_dvc_remote,
+                                         settings.dvc_remote_endpoint)
     run_name = params.run_name or f"data-{time.strftime('%Y%m%d-%H%M%S')}"
     dcfg = settings.data
     # GX starts importing in a helper process now, beside the scan and the decoding
@@ -96,5 +102,4 @@ def ingest(params: DataParams, steps: Any, say: Callable[[str], None] = print,
 def add_data_direct(params: DataParams, suite: SuiteRunner | None = None) -> dict:
     """The ingest without Prefect, for the CLI: an append of 1,000 images takes seconds, and
     importing Prefect or starting an ephemeral API would cost more than the work. No retries."""
-    # stdout stays clean for --json; progress goes to stderr
-    return ingest(params, PLAIN_STEPS, lambda msg: print(msg, file=sys.stderr), suite)
+    return ingest(params, PLAIN_STEPS, suite=suite)

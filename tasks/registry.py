@@ -17,6 +17,7 @@ from typing import Any
 from prefect import task
 
 from transferops.config import Settings
+from transferops.errors import TransferopsError
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
@@ -27,7 +28,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 LINEAGE_PREFIX = "transferops."
 
 
-class RegistryError(RuntimeError):
+class RegistryError(TransferopsError, RuntimeError):
     """A registry reference is wrong or the registry refused; the message says which."""
 
 
@@ -56,13 +57,15 @@ def experiment_id(settings: Settings) -> str:
     return c.create_experiment(settings.experiment, artifact_location=settings.artifact_location if local else None)
 
 
-@task(retries=2, retry_delay_seconds=2)
-def start_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
+def open_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
     """Open a run and log the resolved configuration with it."""
     c = client(settings)
     run = c.create_run(experiment_id(settings), run_name=run_name, tags=tags)
     c.log_dict(run.info.run_id, settings.public_dict(), "config/resolved_config.json")
     return run.info.run_id
+
+
+start_run = task(retries=2, retry_delay_seconds=2)(open_run)
 
 
 def log_params(settings: Settings, run_id: str, params: dict[str, Any]) -> None:
@@ -195,8 +198,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise RegistryError(f"'{uri}' names no alias or version; use models:/{rest}@champion or models:/{rest}/1")
 
 
-@task(retries=2, retry_delay_seconds=2)
-def download_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dict[str, str]]:
+def fetch_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dict[str, str]]:
     """Fetch the bundle folder of a registered version; returns (folder, version tags)."""
     from mlflow.exceptions import MlflowException
 
@@ -211,23 +213,3 @@ def download_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dic
     local = c.download_artifacts(mv.run_id, "bundle", str(dest))
     return Path(local), dict(mv.tags)
 
-
-def lineage_tags(version: Any, choice: Any, drift: Any, backbone: str, source: str, metrics: dict[str, Any],
-                 classes: list[str]) -> dict[str, str]:
-    """The lineage every registered target version carries (data, strategy, drift, code, backbone)."""
-    from tasks.dvcstore import code_git_sha
-
-    na = f"n/a ({drift.reason})"
-    return {
-        "transferops.data_rev": version.rev,
-        "transferops.data_md5": version.md5,
-        "transferops.strategy": choice.name,
-        "transferops.strategy_reason": choice.reason[:4000],
-        "transferops.source_similarity": f"{drift.similarity:.6f}" if drift.similarity is not None else na,
-        "transferops.drift_p_val": f"{drift.result.p_val:.6f}" if drift.result else na,
-        "transferops.git_sha": code_git_sha(),
-        "transferops.backbone": backbone,
-        "transferops.source": source,
-        "transferops.test_accuracy": f"{metrics['accuracy']:.6f}",
-        "transferops.classes": json.dumps(classes),
-    }

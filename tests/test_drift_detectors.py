@@ -170,7 +170,7 @@ def test_profile_round_trip_and_bad_files(tmp_path):
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(DriftInputError, match="junk.npz is unreadable"):
         Profile.load(tmp_path / "junk.npz")
-    with pytest.raises(FileNotFoundError, match="transferops profile"):
+    with pytest.raises(DriftInputError, match="transferops profile"):
         Profile.load(tmp_path / "missing.npz")
 
 

@@ -1,21 +1,43 @@
+import re
+
 import pytest
 import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from transferops.models import (WeightsUnavailable, backbone_blocks, build_model, freeze, head_layer, head_parameters, load_bundle,
+from transferops.models import (WeightsUnavailable, backbone_blocks, build_model, freeze, head_layer, head_parameters, list_backbones, load_bundle,
                                 model_from_bundle, reset_head, resolve_weights, save_bundle, trainable_parameters,
                                 transforms_spec, unfreeze)
+from transferops.errors import InputError
 from transferops.training import make_optimizer
 
-FAMILIES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "squeezenet1_1", "regnet_y_400mf"]
+# The smallest member of every torchvision classification family, with the input side it
+# needs (vit and maxvit take exactly 224; inception needs at least 75).
+FAMILIES = {"alexnet": 64, "convnext_tiny": 64, "densenet121": 64, "efficientnet_b0": 64, "efficientnet_v2_s": 64,
+            "googlenet": 64, "inception_v3": 96, "maxvit_t": 224, "mnasnet0_5": 64, "mobilenet_v2": 64,
+            "mobilenet_v3_small": 64, "regnet_x_400mf": 64, "regnet_y_400mf": 64, "resnet18": 64,
+            "resnext50_32x4d": 64, "wide_resnet50_2": 64, "shufflenet_v2_x0_5": 64, "squeezenet1_1": 64,
+            "swin_t": 64, "swin_v2_t": 64, "vgg11": 64, "vgg11_bn": 64, "vit_b_32": 224}
 
 
-def _step(model: nn.Module, n_classes: int) -> None:
+def family(name: str) -> str:
+    """resnet50 -> resnet, efficientnet_v2_m -> efficientnet_v2, vgg16_bn -> vgg_bn, vit_l_16 -> vit."""
+    base = re.sub(r"(_?\d[\w.]*|_[a-z])$", "", re.sub(r"_(tiny|small|base|large|t|s|b|m|l|h)(_\d+)?$", "", name))
+    base = re.sub(r"\d+(_\d+)*(x\d+d)?$", "", base)
+    return base + ("_bn" if name.endswith("_bn") else "")
+
+
+def test_every_torchvision_backbone_has_a_tested_family():
+    tested = {family(n) for n in FAMILIES}
+    missing = sorted(n for n in list_backbones() if family(n) not in tested)
+    assert not missing, f"add the smallest model of these families to FAMILIES: {missing}"
+
+
+def _step(model: nn.Module, n_classes: int, side: int = 64) -> None:
     model.train()
     opt = make_optimizer(model, lr=0.1)
-    x = torch.randn(4, 3, 64, 64) * 3 + 1  # far from BN's running stats, so unfrozen stats move
+    x = torch.randn(4, 3, side, side) * 3 + 1  # far from BN's running stats, so unfrozen stats move
     loss = nn.functional.cross_entropy(model(x), torch.randint(0, n_classes, (4,)))
     opt.zero_grad()
     loss.backward()
@@ -29,8 +51,11 @@ def test_reset_head_changes_outputs_and_keeps_features(name):
     parent, key, old = head_layer(model)
     new = reset_head(model, 7)
     assert getattr(parent, key) is new and new is not old
+    side = FAMILIES[name]
     model.eval()
-    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    assert model(torch.randn(2, 3, side, side)).shape == (2, 7)
+    model.train()  # no auxiliary outputs in training either: the loss takes one tensor
+    assert model(torch.randn(2, 3, side, side)).shape == (2, 7)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -48,7 +73,7 @@ def test_freeze_first_k_blocks_keeps_weights_and_bn_statistics(name):
     assert not frozen_bns, "BatchNorm layers inside frozen blocks must become FrozenBatchNorm2d"
     before = {n: t.clone() for n, t in model.state_dict().items()}
     frozen_names = {n for q, _ in backbone_blocks(model)[:k] for n in before if n.startswith(q + ".") or n == q}
-    _step(model, 5)
+    _step(model, 5, FAMILIES[name])
     after = model.state_dict()
     for n in frozen_names:  # weights and running statistics alike
         assert torch.equal(before[n], after[n]), f"{n} moved although its block is frozen"
@@ -122,7 +147,7 @@ def test_local_state_dict_file_uses_the_architecture_preprocessing(tmp_path):
     assert transforms_spec(w) == transforms_spec(ResNet18_Weights.DEFAULT.value)  # not a second copy
     model = build_model("resnet18", 5, weights=f)
     assert torch.equal(model.layer1[0].conv1.weight, ref.layer1[0].conv1.weight) and model.fc.out_features == 5
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(InputError, match="missing.pt"):
         resolve_weights("resnet18", tmp_path / "missing.pt")
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from transferops.config import PromotionConfig
+from transferops.config import ConfigError, PromotionConfig
 from transferops.promotion import decide_promotion
 
 
@@ -22,6 +22,6 @@ def test_challenger_must_beat_champion_by_the_margin(new, old, margin, promote):
 def test_other_metric_and_missing_metric():
     policy = PromotionConfig(metric="macro_f1")
     assert decide_promotion({"macro_f1": 0.7, "accuracy": 0.1}, {"macro_f1": 0.6, "accuracy": 0.9}, policy).promote
-    with pytest.raises(KeyError, match="macro_f1"):
+    with pytest.raises(ConfigError, match="macro_f1"):
         decide_promotion({"accuracy": 0.9}, None, policy)
     assert not decide_promotion({"macro_f1": 0.9}, {"accuracy": 0.1}, policy).promote

@@ -1,8 +1,11 @@
 import pytest
+import torch
+from torch import nn
 
 from transferops.config import StrategyConfig
-from transferops.models import build_model, trainable_parameters
-from transferops.strategy import apply_strategy, choose_strategy, n_blocks, strategy_by_name
+from transferops.models import backbone_blocks, build_model, head_parameters, trainable_parameters
+from transferops.strategy import STRATEGIES, apply_strategy, choose_strategy, n_blocks, strategy_by_name
+from transferops.training import make_optimizer
 
 CFG = StrategyConfig(small_max_per_class=100, similar_min_similarity=0.5)
 
@@ -40,3 +43,40 @@ def test_named_strategies_freeze_what_they_say():
     assert not model.layer1[0].conv1.weight.requires_grad and model.layer3[0].conv1.weight.requires_grad
     with pytest.raises(ValueError, match="unknown strategy 'finetune'.*partial_finetune"):
         strategy_by_name("finetune", n_blocks=blocks, cfg=CFG, backbone_lr_mult=0.1)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_trains_exactly_what_it_says(name, backbone):
+    torch.manual_seed(0)
+    model = build_model(backbone, 3)
+    blocks = backbone_blocks(model)
+    choice = strategy_by_name(name, n_blocks=len(blocks), cfg=CFG, backbone_lr_mult=0.1)
+    apply_strategy(model, choice)
+    k = len(blocks) if choice.freeze_blocks is None else choice.freeze_blocks
+    frozen = {id(p) for _, b in blocks[:k] for p in b.parameters()}
+    trainable = {id(p) for p in trainable_parameters(model)}
+    assert {id(p) for p in head_parameters(model)} <= trainable, "the new head always trains"
+    assert trainable == {id(p) for p in model.parameters()} - frozen - (set() if k == 0 else _loose(model, blocks))
+    assert choice.pretrained is (name != "scratch") and choice.name == name and choice.reason
+    opt = make_optimizer(model, 1e-3, choice.backbone_lr_mult)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable, "the optimizer sees only trainable parameters"
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(1e-3 * (choice.backbone_lr_mult if g["name"] == "backbone" else 1.0))
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    model.train()
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64) * 2 + 1), torch.tensor([0, 1, 2, 0]))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    frozen_names = {n for q, _ in blocks[:k] for n in before if n.startswith(q + ".")}
+    assert all(torch.equal(before[n], after[n]) for n in frozen_names), "a frozen block moved"
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and moved.isdisjoint(frozen_names)
+
+
+def _loose(model, blocks) -> set[int]:
+    from transferops.models import _loose_parameters
+
+    return {id(p) for p in _loose_parameters(model, blocks)}

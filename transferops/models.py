@@ -26,16 +26,18 @@ from torchvision.models import Weights, WeightsEnum
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms._presets import ImageClassification, InterpolationMode
 
+from transferops.errors import InputError, TransferopsError
+
 HEAD_ATTRS = ("fc", "classifier", "heads", "head")
 # Containers whose children are the real stages (mobilenet/efficientnet/vgg "features",
-# mnasnet "layers", regnet "trunk_output", vit "encoder" -> "layers").
-EXPANDABLE = ("features", "layers", "trunk_output", "encoder")
+# mnasnet "layers", regnet "trunk_output", vit "encoder" -> "layers", maxvit "blocks").
+EXPANDABLE = ("features", "layers", "trunk_output", "encoder", "blocks")
 BUNDLE_WEIGHTS = "weights.pt"
 BUNDLE_META = "meta.json"
 BUNDLE_PROFILE = "profile.npz"
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(TransferopsError, RuntimeError):
     """Pretrained weights are not on this machine; transferops never downloads them."""
 
 
@@ -47,7 +49,7 @@ def list_backbones() -> list[str]:
 def _check_backbone(name: str) -> None:
     names = list_backbones()
     if name not in names:
-        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(names)}")
+        raise InputError(f"unknown backbone '{name}'; choose one of: {', '.join(names)}")
 
 
 # --------------------------------------------------------------------------- weights
@@ -89,11 +91,11 @@ def resolve_weights(backbone: str, weights: str | Path | WeightsEnum | Weights |
     if path.is_dir():
         meta = read_bundle_meta(path)
         if meta.get("backbone") != backbone:
-            raise ValueError(f"bundle {path} holds a '{meta.get('backbone')}', not a '{backbone}'; pass --backbone {meta.get('backbone')}")
+            raise InputError(f"bundle {path} holds a '{meta.get('backbone')}', not a '{backbone}'; pass --backbone {meta.get('backbone')}")
         return make_weights(path / BUNDLE_WEIGHTS, meta)
     if path.suffix in (".pt", ".pth", ".bin") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist; pass an existing .pt/.pth state dict")
+            raise InputError(f"weights file {path} does not exist; pass an existing .pt/.pth state dict")
         default = torchvision.models.get_model_weights(backbone).DEFAULT.value
         meta = dict(default.meta, backbone=backbone, transforms=transforms_spec(default))
         return make_weights(path, meta)
@@ -102,7 +104,7 @@ def resolve_weights(backbone: str, weights: str | Path | WeightsEnum | Weights |
         return enum[str(weights)].value if str(weights) != "DEFAULT" else enum.DEFAULT.value
     except KeyError:
         valid = ", ".join(m.name for m in enum)
-        raise ValueError(f"unknown weights '{weights}' for {backbone}; choose one of: {valid}, a .pt file or a bundle folder") from None
+        raise InputError(f"unknown weights '{weights}' for {backbone}; choose one of: {valid}, a .pt file or a bundle folder") from None
 
 
 def load_state_dict(weights: Weights) -> dict[str, torch.Tensor]:
@@ -129,7 +131,7 @@ def build_model(name: str, num_classes: int, weights: str | Path | Weights | Wei
     """
     w = resolve_weights(name, weights)
     if w is None:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        return _drop_aux_heads(torchvision.models.get_model(name, weights=None, num_classes=num_classes))
     n_src = len(w.meta.get("categories") or []) or None
     extra = {"num_classes": n_src} if n_src else {}
     # Never hand torchvision the weights: it would download. Load them ourselves.
@@ -137,6 +139,21 @@ def build_model(name: str, num_classes: int, weights: str | Path | Weights | Wei
     model.load_state_dict(load_state_dict(w))
     if n_src != num_classes:
         reset_head(model, num_classes)
+    return _drop_aux_heads(model)
+
+
+def _drop_aux_heads(model: nn.Module) -> nn.Module:
+    """Remove googlenet's and inception_v3's auxiliary classifiers.
+
+    In ``train()`` mode they make the model return a tuple, which no loss here expects, and
+    their heads would keep the source's class count. torchvision drops them the same way
+    when it loads pretrained weights without ``aux_logits``.
+    """
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, name):
+                setattr(model, name, None)
     return model
 
 
@@ -302,11 +319,11 @@ def read_bundle_meta(path: Path) -> dict[str, Any]:
     """Read and check ``meta.json`` of a bundle folder."""
     meta_file = Path(path) / BUNDLE_META
     if not meta_file.is_file() or not (Path(path) / BUNDLE_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} is not a model bundle: it needs {BUNDLE_WEIGHTS} and {BUNDLE_META}")
+        raise InputError(f"{path} is not a model bundle: it needs {BUNDLE_WEIGHTS} and {BUNDLE_META}")
     meta = json.loads(meta_file.read_text())
     for key in ("backbone", "categories", "transforms"):
         if key not in meta:
-            raise ValueError(f"{meta_file} lacks '{key}'; re-export the bundle with transferops")
+            raise InputError(f"{meta_file} lacks '{key}'; re-export the bundle with transferops")
     return meta
 
 

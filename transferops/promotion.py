@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from transferops.config import PromotionConfig
+from transferops.config import ConfigError, PromotionConfig
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def decide_promotion(challenger: Mapping[str, float], champion: Mapping[str, flo
     """
     m = policy.metric
     if m not in challenger:
-        raise KeyError(f"challenger metrics lack '{m}' (have {', '.join(challenger)}); set promotion.metric to one of them")
+        raise ConfigError(f"challenger metrics lack '{m}' (have {', '.join(challenger)}); set promotion.metric to one of them")
     new = float(challenger[m])
     if champion is None:
         return PromotionDecision(True, f"no champion yet: the challenger ({m}={new:.4f}) becomes champion", m, new, None)

@@ -8,6 +8,8 @@ written as PNG files; the flows log them to MLflow and link them from the report
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -121,3 +123,54 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) ->
     parts = [f"# {title}\n"] + [f"## {h}\n\n{body.rstrip()}\n" for h, body in sections]
     path.write_text("\n".join(parts))
     return path
+
+
+@dataclass
+class RunReport:
+    """What one run's report shows; every part but the facts is optional."""
+
+    run_name: str
+    facts: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    confusion: list[list[int]] | None = None  # held-out confusion matrix, rows: true class
+    classes: list[str] = field(default_factory=list)
+    reference: np.ndarray | None = None  # profile embeddings (source or training data)
+    target: np.ndarray | None = None  # the embeddings compared with them
+    drift: dict[str, Any] | None = None  # ``DriftReport.as_dict()``
+    validation: Path | None = None  # the GX result file
+
+
+def render_run_report(report: RunReport, folder: Path) -> Path:
+    """Draw the plots and write ``report.md`` into ``folder``; returns the report's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, str]] = [("Summary", markdown_table([{"field": k, "value": v}
+                                                                    for k, v in report.facts.items()]))]
+    ref, tgt, drift = report.reference, report.target, report.drift
+    if ref is not None and tgt is not None and len(ref) and len(tgt):
+        plot_embeddings(ref, tgt, folder / "drift_embeddings.png", "Source profile vs target (PCA)")
+        body = "![source vs target embeddings](drift_embeddings.png)\n"
+        if drift:
+            (folder / "drift.json").write_text(json.dumps(drift, indent=2, default=str))
+            rows = [{k: t[k] for k in ("test", "is_drift", "p_val", "threshold", "distance", "n_ref", "n_test")}
+                    for t in drift.get("tests", [])]
+            body += f"\nSimilarity to the source domain: {drift['similarity']:.3f}\n\n" + markdown_table(rows)
+            if drift.get("per_class_distance"):
+                plot_class_distances(drift["per_class_distance"], folder / "drift_per_class.png")
+                body += "\n![per-class distance to the source profile](drift_per_class.png)\n"
+        sections.append(("Drift", body))
+    if report.history:
+        plot_learning_curves(report.history, folder / "learning_curves.png")
+        sections.append(("Learning curves", "![learning curves](learning_curves.png)\n\n" + markdown_table(report.history)))
+    if report.confusion is not None:
+        plot_confusion(report.confusion, report.classes, folder / "confusion_matrix.png", "Held-out confusion matrix")
+        sections.append(("Held-out evaluation", "![confusion matrix](confusion_matrix.png)"))
+    if report.validation is not None:
+        validation = Path(report.validation)
+        body = json.loads(validation.read_text())
+        rows = [{k: r[k] for k in ("table", "expectation", "column", "success", "unexpected")} |
+                {"first offending": "; ".join(map(str, r["examples"][:3]))} for r in body["results"]]
+        sections.append(("Data validation (Great Expectations)", markdown_table(rows) +
+                         f"\nFull result: [{validation.name}]({validation.name})"))
+        if validation.parent != folder:
+            (folder / validation.name).write_text(validation.read_text())
+    return write_report(folder / "report.md", f"transferops run {report.run_name}", sections)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from transferops.errors import InputError
+
 DIGITS = [str(d) for d in range(10)]
 _FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
           "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
@@ -80,7 +82,7 @@ def write_shapes(root: str | Path, per_class: int = 20, classes: int = 3, size: 
                  style: str = "plain") -> Path:
     """Coloured shapes on a background; ``style="shifted"`` changes colours and adds noise."""
     if not 1 <= classes <= len(_SHAPES):
-        raise ValueError(f"classes={classes} must be between 1 and {len(_SHAPES)}")
+        raise InputError(f"classes={classes} must be between 1 and {len(_SHAPES)}")
     root = Path(root)
     rng = np.random.default_rng(seed)
     for shape in _SHAPES[:classes]:

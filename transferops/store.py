@@ -29,13 +29,15 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from transferops.errors import TransferopsError
+
 FORMAT = 1
 VERSION_FILE = "VERSION.json"
 INDEX_COLUMNS = ["path", "label", "split", "sha256", "pack", "offset", "size", "width", "height", "mode", "removed"]
 PACK_BYTES = 256 * 1024 * 1024  # a new pack after this many bytes: large files for DVC, bounded memory
 
 
-class StoreError(RuntimeError):
+class StoreError(TransferopsError, RuntimeError):
     """The store is damaged or a version does not match its recorded hashes."""
 
 

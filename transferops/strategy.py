@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from transferops.config import StrategyConfig
+from transferops.errors import InputError
 from transferops.models import backbone_blocks, freeze
 
 STRATEGIES = ("feature_extraction", "partial_finetune", "full_finetune", "scratch")
@@ -44,7 +45,7 @@ def strategy_by_name(name: str, *, n_blocks: int, cfg: StrategyConfig, backbone_
                      similarity: float | None = None) -> StrategyChoice:
     """Build the choice for an explicitly named strategy."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{name}'; choose one of: auto, {', '.join(STRATEGIES)}")
+        raise InputError(f"unknown strategy '{name}'; choose one of: auto, {', '.join(STRATEGIES)}")
     k = cfg.partial_freeze_blocks if cfg.partial_freeze_blocks is not None else n_blocks // 2
     k = min(k, n_blocks)
     table = {

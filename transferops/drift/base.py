@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from transferops.errors import InputError
+
 MIN_SAMPLES = 5
 
 
-class DriftInputError(ValueError):
+class DriftInputError(InputError):
     """Embeddings of the wrong shape, with NaNs, or too few of them."""
 
 

@@ -61,7 +61,7 @@ class Profile:
         """Read a profile written by :meth:`save` (or an older embeddings-only one)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"profile {path} does not exist; build one with `transferops profile`")
+            raise DriftInputError(f"profile {path} does not exist; build one with `transferops profile`")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if "embeddings" not in z:

@@ -1,0 +1,67 @@
+"""The tracked run every flow shares: one MLflow run, closed FINISHED or FAILED, never left open.
+
+``tracked_run`` is the skeleton around a flow's work: it opens the run with the resolved
+configuration, hands out a :class:`TrackedRun` with the logging the flows need, and closes
+the run as FAILED on any exception (re-raised), so a failed flow never leaves a run
+"RUNNING" and never reaches the code that moves aliases.
+"""
+
+from __future__ import annotations
+
+import numbers
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from tasks import registry
+from transferops.config import Settings
+from transferops.report import RunReport
+
+
+@dataclass
+class TrackedRun:
+    """An open MLflow run of a flow; every call names its run id explicitly."""
+
+    settings: Settings
+    run_id: str
+    run_name: str
+
+    def log_params(self, params: Mapping[str, Any], with_training_config: bool = True) -> None:
+        """Log ``params`` and, flattened as ``training.<field>``, the training configuration."""
+        flat = dict(params)
+        if with_training_config:
+            flat |= {f"training.{k}": v for k, v in self.settings.training.model_dump().items()}
+        registry.log_params(self.settings, self.run_id, flat)
+
+    def log_metrics(self, metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
+        """Log the numeric entries of ``metrics`` (a confusion matrix or a note is skipped)."""
+        numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items()
+                   if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        if numeric:
+            registry.log_metrics(self.settings, self.run_id, numeric, step=step)
+
+    def epoch_logger(self) -> Callable[[dict[str, Any]], None]:
+        """A callback for the training loop: each epoch's row as metrics at step ``epoch``."""
+        return lambda row: self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        registry.log_json(self.settings, self.run_id, obj, artifact_file)
+
+    def report(self, report: RunReport) -> Path:
+        """Write the run's Markdown report with its plots and log the folder to the run."""
+        from tasks.reporting import write_run_report
+
+        return write_run_report(self.settings, self.run_id, report)
+
+
+@contextmanager
+def tracked_run(settings: Settings, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
+    """Open a run, yield it, close it FINISHED; on any exception close it FAILED and re-raise."""
+    run_id = registry.start_run(settings, run_name, tags)
+    try:
+        yield TrackedRun(settings, run_id, run_name)
+    except BaseException:
+        registry.end_run(settings, run_id, "FAILED")
+        raise
+    registry.end_run(settings, run_id, "FINISHED")
