@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from transferops.data import SPLITS
+from transferops.errors import EXIT_VALIDATION, TransferopsError
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
@@ -75,8 +76,10 @@ class SuiteRunner:
             self.enabled = False
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(TransferopsError, RuntimeError):
     """The dataset failed validation; ``report`` holds every expectation's outcome."""
+
+    exit_code = EXIT_VALIDATION
 
     def __init__(self, message: str, report: "ValidationReport"):
         super().__init__(message)
@@ -133,9 +136,12 @@ class Rules:
 
 def _expectations(rules: Rules):
     import great_expectations as gx
+    # Condition objects, not pandas query strings: GX 1.9 deprecated string row_conditions
+    # and condition_parser (removed in 2.0); these also say what they mean to any engine.
+    from great_expectations.expectations.row_conditions import Column
 
     E = gx.expectations
-    decoded = {"row_condition": "decodes==True", "condition_parser": "pandas"}
+    decoded = {"row_condition": Column("decodes") == True}  # noqa: E712  (builds a condition, not a test)
     images = [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
@@ -148,7 +154,7 @@ def _expectations(rules: Rules):
     ]
     if rules.expected_classes is not None:
         images.append(E.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=rules.expected_classes))
-    train = {"row_condition": 'split=="train"', "condition_parser": "pandas"}
+    train = {"row_condition": Column("split") == "train"}
     counts = [E.ExpectColumnValuesToBeBetween(column="count", min_value=rules.min_count, **train),
               E.ExpectColumnValuesToBeBetween(column="share_of_largest", min_value=1.0 / rules.max_imbalance, **train)]
     return images, counts

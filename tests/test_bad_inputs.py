@@ -192,3 +192,52 @@ def test_class_set_must_stay_unless_allowed(tmp_path, good):
     assert (project / "data.dvc").read_text() == head  # the version did not move
     v = _add(project, extra, allow_class_change=True)
     assert v["meta"]["classes"] == ["circle", "cross", "square", "triangle"]
+
+
+def _train_and_test(tmp_path: Path, good: Path) -> Path:
+    """good as train/, other images as test/, and no val/: the layout of most public datasets."""
+    root = tmp_path / "public"
+    root.mkdir()
+    good.rename(root / "train")
+    test = write_shapes(tmp_path / "test_src", per_class=5, classes=3, seed=11)
+    for f in test.rglob("*.png"):
+        f.rename(f.with_name(f"test_{f.name}"))
+    test.rename(root / "test")
+    return root
+
+
+def test_train_and_test_without_val_get_a_val_split(tmp_path, good):
+    from transferops.data import scan_dataset
+
+    v = _add(tmp_path / "proj", _train_and_test(tmp_path, good))
+    counts = v["meta"]["counts"]
+    assert sum(counts["val"].values()) > 0 and counts["test"] == {"circle": 5, "square": 5, "triangle": 5}
+    stored = scan_dataset(tmp_path / "proj" / "data")
+    assert {r.split for r in stored.records} == {"train", "val", "test"}
+
+
+def test_empty_split_is_refused_before_anything_is_written(tmp_path, good):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "transferops.yaml").write_text("data: {val_fraction: 0.0}\n")
+    _rejected(tmp_path, _train_and_test(tmp_path, good),
+              r"public has no val images \(train 60, val 0, test 15\): add a val/<class>/ folder .*"
+              r"raise data.val_fraction \(now 0.0\)$")
+
+
+def test_empty_split_is_judged_on_the_resulting_version(tmp_path, good):
+    project = tmp_path / "proj"
+    _add(project, good)
+    head = (project / "data.dvc").read_text()
+    # the new images alone have no val split; the version they are appended to has one
+    (project / "transferops.yaml").write_text("data: {val_fraction: 0.0}\n")
+    extra = write_shapes(tmp_path / "extra", per_class=10, classes=3, seed=21)
+    for f in extra.rglob("*.png"):
+        f.rename(f.with_name(f"extra_{f.name}"))
+    v = _add(project, extra)
+    appended = (project / "data.dvc").read_text()
+    assert v["meta"]["n_images"] == 90 and appended != head
+    from transferops.data import SplitError
+
+    with pytest.raises(SplitError, match="has no val images"):  # as a whole new version, it has none
+        _add(project, extra, replace=True)
+    assert (project / "data.dvc").read_text() == appended

@@ -44,3 +44,55 @@ def test_credentials_are_masked_in_the_logged_config(tmp_path, monkeypatch):
     logged = load_settings(tmp_path).public_dict()
     assert "secret" not in str(logged)
     assert logged["tracking_uri"] == "postgresql://***@127.0.0.1/mlflow"
+
+
+def test_transferops_config_names_the_file_and_an_explicit_file_beats_it(tmp_path, monkeypatch):
+    (tmp_path / "transferops.yaml").write_text("model_name: from-project\n")
+    env_file = tmp_path / "elsewhere" / "env.yaml"
+    env_file.parent.mkdir()
+    env_file.write_text("model_name: from-env-file\ndrift: {alpha: 0.01}\n")
+    monkeypatch.setenv("TRANSFEROPS_CONFIG", str(env_file))
+    s = load_settings(tmp_path)
+    assert (s.model_name, s.drift.alpha, s.drift.n_permutations) == ("from-env-file", 0.01, 200)
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("model_name: from-argument\n")
+    assert load_settings(tmp_path, explicit).model_name == "from-argument"
+    monkeypatch.setenv("TRANSFEROPS_CONFIG", str(tmp_path / "gone.yaml"))
+    with pytest.raises(ConfigError, match=r"config file .*gone\.yaml does not exist"):
+        load_settings(tmp_path)
+
+
+@pytest.mark.parametrize("text,field", [
+    ("colour: red\n", "colour"),
+    ("training:\n  epoch: 3\n", "training.epoch"),
+])
+def test_unknown_keys_are_refused_with_the_field_and_file(tmp_path, text, field):
+    (tmp_path / "transferops.yaml").write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(tmp_path)
+    assert str(exc.value) == (f"config field '{field}' in {tmp_path.resolve() / 'transferops.yaml'}: "
+                              "Extra inputs are not permitted; fix or remove it")
+
+
+def test_invalid_yaml_and_empty_file(tmp_path):
+    cfg = tmp_path / "transferops.yaml"
+    cfg.write_text("training: [epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"transferops\.yaml is not valid YAML \(ParserError\); fix its syntax") as exc:
+        load_settings(tmp_path)
+    assert len(str(exc.value).splitlines()) == 1
+    cfg.write_text("")
+    assert load_settings(tmp_path).training.epochs == 8
+
+
+def test_project_dir_precedence_and_env_errors_name_the_variable(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "transferops.yaml").write_text("training: {epochs: 2}\nproject_dir: /elsewhere\n")
+    monkeypatch.setenv("TRANSFEROPS_PROJECT_DIR", str(other))
+    s = load_settings()
+    assert s.project_dir == other.resolve() and s.training.epochs == 2  # the YAML cannot move the project
+    s = load_settings(tmp_path)  # an explicit folder beats TRANSFEROPS_PROJECT_DIR
+    assert s.project_dir == tmp_path.resolve() and s.training.epochs == 8
+    monkeypatch.setenv("TRANSFEROPS_TRAINING__EPOCHS", "-1")
+    with pytest.raises(ConfigError, match="'training.epochs' in environment variable TRANSFEROPS_TRAINING__EPOCHS"):
+        load_settings()

@@ -30,9 +30,13 @@ def test_explicit_split_folders_and_manifest(tmp_path):
         shutil.copytree(src, tmp_path / "split" / split)
     ds = scan_dataset(tmp_path / "split")
     assert ds.classes == ["circle", "square"] and ds.counts()["test"] == {"circle": 4, "square": 4}
-    lines = ["path,label,split"] + [f"s/{r.label}/{Path(r.path).name},{r.label},train" for r in scan_dataset(src).records]
+    # a manifest that names every split is taken as it is (none is carved out of train)
+    named = ["val", "test"] + ["train"] * 6
+    lines = ["path,label,split"] + [f"s/{r.label}/{Path(r.path).name},{r.label},{split}"
+                                    for r, split in zip(scan_dataset(src).records, named)]
     (tmp_path / "m.csv").write_text("\n".join(lines))
-    assert len(scan_dataset(tmp_path / "m.csv").split("train")) == 8
+    m = scan_dataset(tmp_path / "m.csv")
+    assert [r.split for r in m.records] == named
 
 
 @pytest.mark.parametrize("content,match", [

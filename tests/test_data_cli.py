@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from transferops.cli import main
+from transferops.errors import EXIT_FAILURE
 from transferops.samples import write_shapes
 
 pytestmark = pytest.mark.integration
@@ -55,12 +56,14 @@ def test_checkout_refuses_a_corrupted_remote(tmp_path, capsys):
     data[10] ^= 0xFF
     biggest.chmod(0o644)
     biggest.write_bytes(bytes(data))
-    assert main(["data", "checkout", rev, "--workdir", str(proj), "--to", str(tmp_path / "co")]) == 2
+    assert main(["data", "checkout", rev, "--workdir", str(proj), "--to", str(tmp_path / "co")]) == EXIT_FAILURE
     err = capsys.readouterr().err
+    assert "transferops data checkout: error: " in err and "Traceback" not in err
     assert "check the version out again" in err or "md5" in err.lower()
     assert not (tmp_path / "co").exists() and not (tmp_path / "co.partial").exists()
 
 
 def test_unknown_revision(tmp_path, capsys):
-    assert main(["data", "checkout", "deadbeef", "--workdir", str(tmp_path)]) == 2
-    assert "is not a commit" in capsys.readouterr().err
+    assert main(["data", "checkout", "deadbeef", "--workdir", str(tmp_path)]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "is not a commit" in err and "Traceback" not in err

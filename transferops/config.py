@@ -10,21 +10,54 @@ URIs and secrets belong in the environment, never in the YAML file or in git.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError,
+                               YamlConfigSettingsSource)
+
+from transferops.errors import InputError
 
 CONFIG_FILENAME = "transferops.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file or value is unusable; the message names it and the fix."""
 
 
-class DataConfig(BaseModel):
+# The YAML file of the load_settings() call in progress. settings_customise_sources is a
+# classmethod that sees none of the call's arguments, and the file differs per call
+# (project folder, TRANSFEROPS_CONFIG, --config); a context variable is per thread and task.
+_YAML_FILE: ContextVar[Path | None] = ContextVar("transferops_yaml_file", default=None)
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source with the project's one-line errors.
+
+    The library lets yaml's multi-line parser error through, and a top level that is not a
+    mapping fails inside it with an unrelated TypeError; both become ConfigError here.
+    """
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file_path} is not valid YAML ({exc.__class__.__name__}); fix its syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping of settings, not {type(data).__name__}")
+        return data
+
+
+class _Section(BaseModel):
+    """A nested settings section: a misspelt key (``training: {epoch: 3}``) is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
     """How a dataset folder is read and split."""
 
     # Fractions for datasets without train/ val/ test/ folders. Assignment hashes
@@ -44,7 +77,7 @@ class DataConfig(BaseModel):
     max_class_imbalance: float = Field(20.0, ge=1)
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(_Section):
     """Hyper-parameters of fine-tuning; the strategy may scale the backbone's rate."""
 
     epochs: int = Field(8, ge=1)  # upper bound: early stopping usually ends sooner
@@ -62,7 +95,7 @@ class TrainingConfig(BaseModel):
     num_workers: int = Field(0, ge=0)  # 0 keeps CPU runs deterministic and light
 
 
-class StrategyConfig(BaseModel):
+class StrategyConfig(_Section):
     """Thresholds of the ``auto`` reuse-strategy choice."""
 
     # "small" when the train split has fewer images per class than this.
@@ -75,7 +108,7 @@ class StrategyConfig(BaseModel):
     large_different: Literal["scratch", "full_finetune"] = "scratch"
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(_Section):
     """Two-sample test on backbone embeddings."""
 
     alpha: float = Field(0.05, gt=0, lt=1)  # p-value below this is drift
@@ -90,7 +123,7 @@ class DriftConfig(BaseModel):
     seed: int = 0
 
 
-class PromotionConfig(BaseModel):
+class PromotionConfig(_Section):
     """When a challenger becomes champion."""
 
     metric: str = "accuracy"  # held-out metric compared, higher is better
@@ -135,8 +168,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init kwargs carry the YAML file, so the environment must come first to win.
-        return env_settings, init_settings
+        # Highest first: init kwargs (load_settings passes only project_dir: an explicit folder
+        # beats TRANSFEROPS_PROJECT_DIR), the environment, the YAML file, then the defaults.
+        yaml_file = _YAML_FILE.get()
+        if yaml_file is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, _YamlSource(settings_cls, yaml_file=yaml_file)
 
     # Derived locations of the embedded defaults.
     @property
@@ -184,39 +221,42 @@ def load_settings(
 ) -> Settings:
     """Resolve settings for a project folder: defaults < YAML < environment.
 
+    The YAML file is ``config_file``, else ``TRANSFEROPS_CONFIG``, else the project's
+    ``transferops.yaml`` when there is one. Raises ConfigError (one line, naming the field
+    and the file or environment variable) for any unusable value.
+
     >>> s = load_settings("/tmp/proj")
     >>> s.training.epochs  # doctest: +SKIP
     8
     """
     env_project = os.environ.get("TRANSFEROPS_PROJECT_DIR")
     root = Path(project_dir or env_project or ".").expanduser().resolve()
-    path = config_file or os.environ.get("TRANSFEROPS_CONFIG")
+    named = config_file or os.environ.get("TRANSFEROPS_CONFIG")
+    path = Path(named).expanduser() if named else None
     if path is None and (root / CONFIG_FILENAME).is_file():
         path = root / CONFIG_FILENAME
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = _read_yaml(Path(path))
-    values["project_dir"] = root
+    # pydantic-settings skips a YAML file that does not exist; a file the user named must.
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+    token = _YAML_FILE.set(path)
     try:
-        settings = Settings(**values)
+        return Settings(project_dir=root)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        origin = f"in {path}" if path else "in TRANSFEROPS_* environment"
-        raise ConfigError(f"config field '{where}' {origin}: {err['msg']}; fix or remove it") from None
-    if project_dir is not None:
-        # An explicit folder beats TRANSFEROPS_PROJECT_DIR: it is the CLI's --workdir.
-        settings.project_dir = root
-    return settings
+        raise ConfigError(f"config field '{where}' {_origin(err['loc'], path)}: {err['msg']}; fix or remove it") from None
+    except SettingsError as exc:  # an environment value that is not valid JSON for a list or mapping field
+        raise ConfigError(f"config in TRANSFEROPS_* environment: {exc}; give lists and mappings as JSON, "
+                          """e.g. TRANSFEROPS_DATA__ALLOWED_MODES='["L","RGB"]'""") from None
+    finally:
+        _YAML_FILE.reset(token)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
-    return data
+def _origin(loc: tuple[Any, ...], path: Path | None) -> str:
+    """Where a bad value came from: the environment variable that sets it, else the YAML file."""
+    names = {k.upper() for k in os.environ}
+    for n in range(len(loc), 0, -1):
+        var = "TRANSFEROPS_" + "__".join(str(p) for p in loc[:n]).upper()
+        if var in names:
+            return f"in environment variable {var}"
+    return f"in {path}" if path is not None else "in TRANSFEROPS_* environment"

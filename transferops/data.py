@@ -9,6 +9,28 @@ Two input layouts:
 Without explicit splits, each image's split is a hash of its class and file
 name, so appending images to a dataset never moves an old image between splits
 (which would leak test images into a later model's training data).
+
+Missing split folders are carved out of ``train/`` with that same hash: with
+``train/`` and ``test/`` but no ``val/`` (most public datasets), a ``train/`` image
+goes to val exactly when the unsplit layout would put it in val (``hash_split`` of
+``"<class>/<path under the class folder>"`` with ``data.val_fraction``); without
+``test/`` it goes to test when the hash says test (``data.test_fraction``). Every
+other ``train/`` image stays in train, and images of ``val/`` and ``test/`` folders are
+never moved. A ``train/`` folder alone therefore splits exactly like the unsplit
+layout. A manifest's ``split`` column follows the same rule: when no row names val
+(or test), its ``train`` rows are carved the same way (key ``"<label>/<file name>"``),
+and rows with an empty split get the plain hash. A split that ends up empty is refused
+by :func:`check_splits` before anything is versioned.
+
+Unlabelled images (``scan_dataset(..., labels="none")``): every image under a folder,
+recursively, whatever its sub-folders are called (``2026-11-01/cam1/x.png``), or every
+row of a manifest that has a ``path`` column (a ``label`` or ``split`` column is
+ignored). Their records carry ``label == UNLABELLED`` and ``split == BATCH``: they
+belong to no train/val/test split, so ``ImageSet.split("train")`` never returns them.
+``labels="auto"`` reads a manifest without a ``label`` column, or a folder with image
+files directly at its top, as unlabelled, and a folder of sub-folders as class folders;
+``labels="none"`` is the way to say that sub-folders are not classes. Training and
+evaluation scan with the default ``labels="required"``.
 """
 
 from __future__ import annotations
@@ -16,25 +38,39 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from transferops.errors import EXIT_VALIDATION, InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 MANIFEST_SUFFIXES = (".csv", ".parquet")
+UNLABELLED = ""  # the label of an image that has none
+BATCH = "batch"  # the split of every unlabelled image: it belongs to no train/val/test split
+LabelMode = Literal["required", "auto", "none"]
+LABEL_MODES: tuple[str, ...] = ("required", "auto", "none")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """The dataset's layout or manifest is unusable; the message names the file and the fix."""
+
+
+class SplitError(DatasetError):
+    """The dataset (the version it would become) has a train, val or test split with no image."""
+
+    exit_code = EXIT_VALIDATION
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One labelled image: path (a file, or the image's name inside a store), label, split.
+    """One image: path (a file, or the image's name inside a store), label, split.
+
+    Unlabelled images have ``label == UNLABELLED`` and ``split == BATCH``.
 
     Images of a store live in a pack file at ``offset`` for ``size`` bytes. Torch datasets
 over records are in ``transferops.loading``; this module never imports torch.
@@ -68,14 +104,25 @@ class ImageSet:
     classes: list[str]
 
     def split(self, name: str) -> list[ImageRecord]:
+        """The records of one split (``train``, ``val``, ``test``, or ``BATCH`` for unlabelled ones)."""
         return [r for r in self.records if r.split == name]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per split and class: ``{split: {class: n}}``."""
+        """Images per split and class: ``{split: {class: n}}``.
+
+        Always has train, val and test (every class, zeros included); unlabelled records
+        add ``{BATCH: {UNLABELLED: n}}``.
+        """
         out: dict[str, dict[str, int]] = {s: {c: 0 for c in self.classes} for s in SPLITS}
         for r in self.records:
-            out[r.split][r.label] = out[r.split].get(r.label, 0) + 1
+            per_class = out.setdefault(r.split, {})
+            per_class[r.label] = per_class.get(r.label, 0) + 1
         return out
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every record has a class: there are classes and no ``UNLABELLED`` record."""
+        return bool(self.classes) and all(r.label != UNLABELLED for r in self.records)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -92,38 +139,92 @@ def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-def scan_dataset(source: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15) -> ImageSet:
-    """Read an ImageFolder tree or a manifest into records.
+def _carve(hashed: str, missing: Sequence[str]) -> str:
+    """The split of a train/ image: the hash's split when that split has no images of its own, else train."""
+    return hashed if hashed in missing else "train"
+
+
+def check_splits(counts: Mapping[str, int], root: str | Path, val_fraction: float, test_fraction: float) -> None:
+    """Refuse a dataset whose train, val or test split holds no image, naming the fix.
+
+    ``counts`` is images per split (other keys, such as ``BATCH``, are ignored); the
+    fractions are ``data.val_fraction`` and ``data.test_fraction``, quoted in the fix.
+    Raises :class:`SplitError` (exit code 3). Training would otherwise fail only after
+    its first epoch, with a version already made of the unusable data.
+    """
+    for split in SPLITS:
+        if counts.get(split, 0) > 0:
+            continue
+        shown = ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS)
+        fix = {
+            "train": "add train/<class>/ folders or more images, or lower data.val_fraction "
+                     f"(now {val_fraction}) and data.test_fraction (now {test_fraction})",
+            "val": "add a val/<class>/ folder (or manifest rows with split val) or more train images, "
+                   f"or raise data.val_fraction (now {val_fraction})",
+            "test": "add a test/<class>/ folder (or manifest rows with split test) or more train images, "
+                    f"or raise data.test_fraction (now {test_fraction})",
+        }[split]
+        raise SplitError(f"dataset {root} has no {split} images ({shown}): {fix}")
+
+
+def scan_dataset(source: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15, *,
+                 labels: LabelMode = "required") -> ImageSet:
+    """Read an ImageFolder tree, a manifest or a store into records.
+
+    ``labels`` says how classes are found: ``"required"`` (training and evaluation)
+    reads sub-folders as class folders (or train/val/test folders of class folders) and
+    needs a manifest's ``label`` column; ``"none"`` reads every image, recursively, as
+    unlabelled (``UNLABELLED`` label, ``BATCH`` split; a store's labels are dropped);
+    ``"auto"`` reads a manifest without a ``label`` column, or a folder with images
+    directly at its top, as unlabelled, anything else as ``"required"``. Splits follow
+    the rules of the module docstring.
 
     >>> ds = scan_dataset("data/")          # doctest: +SKIP
     >>> ds.classes, ds.counts()["train"]    # doctest: +SKIP
+    >>> scan_dataset("incoming/2026-11-01/", labels="none").labelled   # doctest: +SKIP
+    False
     """
     from transferops.store import is_store
 
+    if labels not in LABEL_MODES:
+        raise InputError(f"labels={labels!r} is not one of {', '.join(LABEL_MODES)}")
     source = Path(source).expanduser().resolve()
     if is_store(source):
-        return _scan_store(source)
+        images = _scan_store(source)
+        return _without_labels(images) if labels == "none" else images
     if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
-        return _scan_manifest(source, val_fraction, test_fraction)
+        return _scan_manifest(source, val_fraction, test_fraction, labels)
     if not source.is_dir():
         raise DatasetError(f"dataset {source} does not exist; pass an ImageFolder directory or a .csv/.parquet manifest")
     for name in ("manifest.csv", "manifest.parquet"):
         if (source / name).is_file():
-            return _scan_manifest(source / name, val_fraction, test_fraction)
+            return _scan_manifest(source / name, val_fraction, test_fraction, labels)
+    top_images = _has_top_level_images(source)
+    if labels == "none" or (labels == "auto" and top_images):
+        return _scan_unlabelled(source)
     split_dirs = [d for d in SPLITS if (source / d).is_dir()]
     records: list[ImageRecord] = []
     classes: set[str] = set()
     if split_dirs:
         if "train" not in split_dirs:
             raise DatasetError(f"dataset {source} has {'/'.join(split_dirs)}/ folders but no train/; add train/<class>/ folders")
+        # val/ or test/ missing: carve them out of train/ with the unsplit layout's hash (module docstring)
+        missing = tuple(s for s in SPLITS if s not in split_dirs)
         for split in split_dirs:
-            recs, cls = _scan_classes(source / split, lambda _c, _f, s=split: s)
+            if split == "train" and missing:
+                split_of = lambda c, f: _carve(hash_split(f"{c}/{f}", val_fraction, test_fraction), missing)  # noqa: E731
+            else:
+                split_of = lambda _c, _f, s=split: s  # noqa: E731
+            recs, cls = _scan_classes(source / split, split_of)
             records += recs
             classes |= cls
     else:
         recs, cls = _scan_classes(source, lambda c, f: hash_split(f"{c}/{f}", val_fraction, test_fraction))
         records, classes = recs, cls
     if not classes:
+        if top_images:  # labels="required": a flat folder of images cannot be trained on
+            raise DatasetError(f"dataset {source} has no class folders, only images at its top; "
+                               f"lay it out as {source}/<class>/<image>")
         raise DatasetError(f"dataset {source} has no class folders; lay it out as {source}/<class>/<image>")
     return ImageSet(source, records, sorted(classes))
 
@@ -136,9 +237,15 @@ def _check_name(f: Path | str) -> None:
         raise DatasetError(f"file name {shown} is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8)") from None
 
 
-def _walk(folder: str, top: str):
-    """Image files under ``folder`` in sorted order; symlinks must stay inside ``top``."""
+def _walk(folder: str, top: str, skip_hidden: bool = False):
+    """Image files under ``folder`` in sorted order; symlinks must stay inside ``top``.
+
+    ``skip_hidden`` skips dot-entries of ``folder`` itself (not of its sub-folders), as the
+    class scan skips hidden class folders.
+    """
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if skip_hidden and entry.name.startswith("."):
+            continue
         if entry.is_symlink():
             target = os.path.realpath(entry.path)
             if not (target + os.sep).startswith(top + os.sep):
@@ -147,6 +254,29 @@ def _walk(folder: str, top: str):
             yield from _walk(entry.path, top)
         elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
             yield entry.path
+
+
+def _has_top_level_images(folder: Path) -> bool:
+    """Whether image files lie directly in ``folder`` (not only in sub-folders)."""
+    return any(e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".") and e.is_file()
+               for e in os.scandir(folder))
+
+
+def _scan_unlabelled(root: Path) -> ImageSet:
+    """Every image under ``root``, recursively, whatever the folders are called."""
+    top = os.path.realpath(root)
+    records = []
+    for path in _walk(str(root), top, skip_hidden=True):
+        _check_name(path)
+        records.append(ImageRecord(path, UNLABELLED, BATCH))
+    if not records:
+        raise DatasetError(f"dataset {root} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); "
+                           "pass the folder that holds the images")
+    return ImageSet(root, records, [])
+
+
+def _without_labels(images: ImageSet) -> ImageSet:
+    return ImageSet(images.root, [replace(r, label=UNLABELLED, split=BATCH) for r in images.records], [])
 
 
 def _scan_classes(root: Path, split_of: Callable[[str, str], str]) -> tuple[list[ImageRecord], set[str]]:
@@ -174,35 +304,52 @@ def _scan_store(root: Path) -> ImageSet:
     return ImageSet(root, records, list(read_version(root).get("classes") or sorted(index["label"].unique())))
 
 
-def _scan_manifest(manifest: Path, val_fraction: float, test_fraction: float) -> ImageSet:
+def _scan_manifest(manifest: Path, val_fraction: float, test_fraction: float, labels: LabelMode = "required") -> ImageSet:
     try:
         df = pd.read_csv(manifest) if manifest.suffix.lower() == ".csv" else pd.read_parquet(manifest)
     except Exception as exc:  # parser errors differ by format; all mean the same to the user
         raise DatasetError(f"manifest {manifest} cannot be read ({exc.__class__.__name__}: {exc}); fix the file") from None
-    missing = [c for c in ("path", "label") if c not in df.columns]
+    unlabelled = labels == "none" or (labels == "auto" and "label" not in df.columns)
+    missing = [c for c in (("path",) if unlabelled else ("path", "label")) if c not in df.columns]
     if missing:
-        raise DatasetError(f"manifest {manifest} lacks column(s) {', '.join(missing)}; it needs path,label[,split]")
+        needs = "a path column" if unlabelled else "path,label[,split]"
+        raise DatasetError(f"manifest {manifest} lacks column(s) {', '.join(missing)}; it needs {needs}")
     base = manifest.parent.resolve()
     dupes = df["path"][df["path"].duplicated()]
     if len(dupes):
         raise DatasetError(f"manifest {manifest} lists {dupes.iloc[0]} more than once ({len(dupes)} duplicate paths); keep one row per image")
+    if unlabelled:
+        records = [ImageRecord(_manifest_path(manifest, base, p, i), UNLABELLED, BATCH)
+                   for i, p in enumerate(df["path"], start=2)]
+        return ImageSet(base, records, [])
     known = None
     if (base / "classes.txt").is_file():
         known = [c.strip() for c in (base / "classes.txt").read_text().splitlines() if c.strip()]
+    # splits no row names are carved out of the train rows (module docstring)
+    named = set(df["split"].dropna().astype(str)) if "split" in df.columns else set()
+    carved = tuple(s for s in SPLITS if s not in named)
     records = []
     for i, row in enumerate(df.itertuples(index=False), start=2):
-        path = (base / str(row.path)).resolve()
-        if not path.is_relative_to(base):
-            raise DatasetError(f"manifest {manifest} line {i}: path {row.path} escapes {base}; keep images under the manifest's folder")
+        path = _manifest_path(manifest, base, row.path, i)
         if known is not None and str(row.label) not in known:
             raise DatasetError(f"manifest {manifest} line {i}: label '{row.label}' is not in {base / 'classes.txt'}; fix the label or add the class")
         split = getattr(row, "split", None)
         if split is None or (isinstance(split, float) and np.isnan(split)):
             split = hash_split(f"{row.label}/{Path(str(row.path)).name}", val_fraction, test_fraction)
+        elif split == "train" and carved:
+            split = _carve(hash_split(f"{row.label}/{Path(str(row.path)).name}", val_fraction, test_fraction), carved)
         if split not in SPLITS:
             raise DatasetError(f"manifest {manifest} line {i}: split '{split}' is not one of {', '.join(SPLITS)}")
         records.append(ImageRecord(path, str(row.label), str(split)))
     return ImageSet(base, records, known or sorted({r.label for r in records}))
+
+
+def _manifest_path(manifest: Path, base: Path, rel: object, line: int) -> Path:
+    """A manifest row's image path, which must stay under the manifest's folder."""
+    path = (base / str(rel)).resolve()
+    if not path.is_relative_to(base):
+        raise DatasetError(f"manifest {manifest} line {line}: path {rel} escapes {base}; keep images under the manifest's folder")
+    return path
 
 
 # --------------------------------------------------------------------------- image table

@@ -14,12 +14,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from transferops.data import ImageRecord, read_bytes
+from transferops.data import UNLABELLED, ImageRecord, read_bytes
 from transferops.imagecheck import to_rgb
 
 
 class ImageDataset(Dataset):
     """Records as a torch dataset: RGB PIL image -> ``transform`` -> (tensor, class index).
+
+    An unlabelled record (label ``UNLABELLED``) yields class index -1, so batches of
+    unlabelled images (drift checks, predictions) go through the same loaders. A label
+    missing from ``class_to_idx`` still raises KeyError: that is a bug, not missing data.
 
     Store images are sliced out of memory-mapped packs: no open/seek/read per image,
     and every DataLoader worker maps the packs itself (maps are not pickled).
@@ -52,7 +56,7 @@ class ImageDataset(Dataset):
         with Image.open(io.BytesIO(self._bytes(r)) if r.pack is not None else r.path) as im:
             img = to_rgb(im)
         x = self.transform(img) if self.transform else img
-        return x, self.class_to_idx[r.label]
+        return x, -1 if r.label == UNLABELLED else self.class_to_idx[r.label]
 
 
 

@@ -9,13 +9,17 @@
 6. Show the registry: versions, aliases, strategies, data revisions.
 
 Everything (git+DVC repo and remote, MLflow store, reports) stays in the workdir.
+
+Part of the command line (``transferops demo``): it orchestrates the flows. Its story
+(the steps as they start) goes to ``say``, which the CLI points at stderr; the summary
+table (:func:`print_summary`) is the command's result on stdout, or its JSON document.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -26,14 +30,15 @@ SOURCE_EPOCHS = 4
 TARGET_EPOCHS = 6
 
 
-def run_demo(workdir: Path, console: Console | None = None) -> dict[str, Any]:
-    """Run the story in ``workdir`` and return its summary (also printed when ``console`` is given)."""
+def run_demo(workdir: Path, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the story in ``workdir`` and return its summary; each step is announced to ``say``
+    (rich markup) as it starts."""
     from flows.source import SourceParams, develop_source
     from flows.train import TrainParams, train
     from tasks import registry
     from transferops.config import load_settings
 
-    say = console.print if console else (lambda *a, **k: None)
+    say = say or (lambda _msg: None)
     start = time.perf_counter()
     workdir = workdir.expanduser().resolve()
     incoming = workdir / "incoming"
@@ -75,8 +80,6 @@ def run_demo(workdir: Path, console: Console | None = None) -> dict[str, Any]:
         "tracking_uri": settings.resolved_tracking_uri,
     }
     _write_index(workdir, summary)
-    if console:
-        _print(console, summary)
     return summary
 
 
@@ -92,7 +95,8 @@ def _write_index(workdir: Path, summary: dict[str, Any]) -> None:
     ])
 
 
-def _print(console: Console, summary: dict[str, Any]) -> None:
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The summary as a table and a few lines."""
     table = Table(title="transferops demo")
     for col in ("run", "model", "strategy", "similarity", "test_accuracy", "promoted"):
         table.add_column(col)
