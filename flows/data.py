@@ -8,16 +8,15 @@ steps without Prefect (``tasks.ingest.add_data_direct``); ``--orchestrate`` runs
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 from prefect import flow
 
 from tasks import validation, versioning
-from tasks.ingest import DataParams, add_data_direct, ingest  # noqa: F401  (add_data_direct: re-exported)
+from tasks.ingest import DataParams, IngestSteps, add_data_direct, ingest  # noqa: F401  (add_data_direct: re-exported)
 
-TASK_STEPS = SimpleNamespace(prepare_project=versioning.prepare_project, load_dataset=validation.load_dataset,
-                             validate_dataset=validation.validate_dataset, add_version=versioning.add_version,
-                             push_version=versioning.push_version)
+TASK_STEPS = IngestSteps(prepare_project=versioning.prepare_project, load_dataset=validation.load_dataset,
+                         validate_dataset=validation.validate_dataset, add_version=versioning.add_version,
+                         push_version=versioning.push_version)
 
 
 @flow(name="transferops-data", log_prints=True)

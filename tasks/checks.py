@@ -7,15 +7,15 @@ as they are. The suite itself runs in :class:`~tasks.expectations.SuiteRunner`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from tasks.expectations import DataValidationError, Rules, SuiteRunner, ValidationReport
+from transferops.config import DataConfig
 from transferops.data import PARALLEL_MIN, SPLITS, ImageSet, check_splits, image_table, mark_cross_split_duplicates
 
 
-def validate_dataset(images: ImageSet, cfg: Any, expected_classes: list[str] | None = None,
+def validate_dataset(images: ImageSet, cfg: DataConfig, expected_classes: list[str] | None = None,
                      base: pd.DataFrame | None = None, suite: SuiteRunner | None = None) -> ValidationReport:
     """Decode every image of ``images`` and run the GX suite over them plus ``base``.
 

@@ -16,18 +16,32 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from tasks import checks, dvcstore
 from tasks.expectations import DataValidationError, SuiteRunner
 from transferops.config import Settings, load_settings
 
-PLAIN_STEPS = SimpleNamespace(prepare_project=dvcstore.prepare_project, load_dataset=checks.load_dataset,
-                              validate_dataset=checks.validate_dataset, add_version=dvcstore.add_version,
-                              push_version=dvcstore.push_version)
+
+
+@dataclass(frozen=True)
+class IngestSteps:
+    """The five steps of an ingest: plain functions (the CLI) or the Prefect tasks around them (the flows)."""
+
+    prepare_project: Callable
+    load_dataset: Callable
+    validate_dataset: Callable
+    add_version: Callable
+    push_version: Callable
+
+
+PLAIN_STEPS = IngestSteps(prepare_project=dvcstore.prepare_project, load_dataset=checks.load_dataset,
+                          validate_dataset=checks.validate_dataset, add_version=dvcstore.add_version,
+                          push_version=dvcstore.push_version)
 
 
 class DataParams(BaseModel):
@@ -43,7 +57,7 @@ class DataParams(BaseModel):
     run_name: str | None = None
 
 
-def expected_classes(settings: Settings, target: str, base: Any) -> list[str] | None:
+def expected_classes(settings: Settings, target: str, base: pd.DataFrame | None) -> list[str] | None:
     """The class set a new version of ``target`` must keep: the registered champion's for the
     training data, else the current version's; None when there is nothing to keep."""
     local_db = settings.state_dir / "mlflow.db"
@@ -63,7 +77,7 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)  # progress is for people; stdout stays clean for --json
 
 
-def ingest(params: DataParams, steps: Any, say: Callable[[str], None] = _stderr,
+def ingest(params: DataParams, steps: IngestSteps, say: Callable[[str], None] = _stderr,
            suite: SuiteRunner | None = None, settings: Settings | None = None, root: Path | None = None) -> dict:
     """Validate ``params.source`` and commit it as a new version of ``params.target``; returns the version.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -10,6 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from tasks import registry
 from transferops.config import Settings
 from transferops.report import RunReport, render_run_report
+
+if TYPE_CHECKING:
+    from tasks.expectations import DataValidationError
 
 
 def publish_run_report(settings: Settings, run_id: str, report: RunReport) -> Path:
@@ -23,7 +27,7 @@ def publish_run_report(settings: Settings, run_id: str, report: RunReport) -> Pa
 write_run_report = task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)(publish_run_report)
 
 
-def record_validation_failure(settings: Settings, run_name: str, exc: "DataValidationError") -> Path:  # noqa: F821
+def record_validation_failure(settings: Settings, run_name: str, exc: "DataValidationError") -> Path:
     """Keep a failed validation visible: the GX result in reports/ and in a FAILED MLflow run.
 
     Nothing is versioned or registered; returns the report path. Plain functions only: this

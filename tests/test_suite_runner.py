@@ -46,7 +46,7 @@ def test_suite_runs_in_helper_process(tmp_path):
     assert out.stdout.startswith("True False [['a/0.png', 'b/0.png']]"), out.stdout
 
 
-def _table() -> "pd.DataFrame":
+def _table():  # a pandas DataFrame; pandas is imported inside, as the other helpers here do
     import pandas as pd
 
     rows = [dict(path=f"{c}/{i}.png", label=c, split="train", decodes=True, error="", width=32, height=32,
