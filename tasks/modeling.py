@@ -45,5 +45,5 @@ def evaluate_champion(settings: Settings, images: ImageSet) -> ChampionEvaluatio
     if mv is None:
         return engine.evaluate_champion(settings, None, None, images)
     dest = settings.state_dir / "champions" / f"v{mv.version}"
-    folder, _ = registry.fetch_bundle(settings, f"models:/{settings.model_name}/{mv.version}", dest)
+    folder = registry.fetch_bundle(settings, f"models:/{settings.model_name}/{mv.version}", dest)
     return engine.evaluate_champion(settings, load_bundle(folder), mv.version, images)

@@ -198,8 +198,8 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise RegistryError(f"'{uri}' names no alias or version; use models:/{rest}@champion or models:/{rest}/1")
 
 
-def fetch_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dict[str, str]]:
-    """Fetch the bundle folder of a registered version; returns (folder, version tags)."""
+def fetch_bundle(settings: Settings, uri: str, dest: Path) -> Path:
+    """Fetch the bundle folder of a registered version into ``dest``; returns the folder."""
     from mlflow.exceptions import MlflowException
 
     name, alias, version = parse_model_uri(uri)
@@ -211,5 +211,5 @@ def fetch_bundle(settings: Settings, uri: str, dest: Path) -> tuple[Path, dict[s
         raise RegistryError(f"{uri} is not in the registry at {settings.resolved_tracking_uri} (registered models: {known})") from None
     dest.mkdir(parents=True, exist_ok=True)
     local = c.download_artifacts(mv.run_id, "bundle", str(dest))
-    return Path(local), dict(mv.tags)
+    return Path(local)
 

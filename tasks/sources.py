@@ -20,5 +20,5 @@ def open_source(settings: Settings, source: str, backbone: str | None = None,
     if ref.kind == "registry":
         from tasks import registry  # MLflow loads only for registered sources
 
-        folder, _tags = registry.fetch_bundle(settings, source, settings.state_dir / "sources" / ref.cache_key)
+        folder = registry.fetch_bundle(settings, source, settings.state_dir / "sources" / ref.cache_key)
     return open_ref(ref, folder, profile)

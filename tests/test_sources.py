@@ -75,9 +75,11 @@ def test_enum_sources_name_weights_without_loading_them():
 def test_source_from_profile(tmp_path, source_bundle):
     p = tmp_path / "p.npz"
     Profile(np.ones((10, 4), np.float32), meta={"backbone": "resnet50", "weights": "IMAGENET1K_V2"}).save(p)
-    assert source_from_profile(p) == ("resnet50:IMAGENET1K_V2", "resnet50")
+    ref = source_from_profile(p)
+    assert (ref.spec, ref.kind, ref.backbone) == ("resnet50:IMAGENET1K_V2", "enum", "resnet50")
     Profile(np.ones((10, 4), np.float32), meta={"backbone": "resnet18", "weights": str(source_bundle)}).save(p)
-    assert source_from_profile(p) == (str(source_bundle), "resnet18")
+    ref = source_from_profile(p)
+    assert (ref.spec, ref.kind) == (str(source_bundle), "bundle")
     Profile(np.ones((10, 4), np.float32)).save(p)
     with pytest.raises(InputError, match="does not name its backbone"):
         source_from_profile(p)
@@ -120,3 +122,18 @@ def test_champion_with_another_class_set_is_not_scored(tmp_path, source_bundle, 
     res = evaluate_champion(settings, same, "5", images)
     direct = evaluate_on_test(settings, model, same.weights, images)
     assert res.metrics["accuracy"] == pytest.approx(direct["accuracy"]) and "same test split" in res.note
+
+
+def test_drift_of_unlabelled_images_against_the_source(tmp_path, source_bundle):
+    from transferops.samples import write_shapes
+
+    batch = tmp_path / "batch"
+    for i, f in enumerate(sorted(write_shapes(tmp_path / "s", per_class=20, classes=3, style="shifted").rglob("*.png"))):
+        day = batch / f"2026-11-0{i % 3 + 1}"  # date folders: not classes
+        day.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, day / f"{i}.png")
+    images = scan_dataset(batch, labels="none")
+    assert not images.labelled and len(images.records) == 60
+    out = measure_drift(load_settings(tmp_path), open_source(parse_source(str(source_bundle))), images, split=None)
+    assert out.report is not None and out.report.per_class == {} and out.report.decision.n_test == 60
+    assert out.report.decision.is_drift, "shifted shapes are far from the plain-shapes profile"

@@ -114,8 +114,8 @@ def open_source(ref: SourceRef, bundle_dir: Path | None = None, profile: str | P
     return SourceModel(ref.spec, name, weights, Profile.load(prof) if prof else None, str(prof) if prof else "none")
 
 
-def source_from_profile(profile_path: str | Path) -> tuple[str, str]:
-    """The source spec and backbone a profile names in its metadata (what made its embeddings)."""
+def source_from_profile(profile_path: str | Path) -> SourceRef:
+    """The source a profile names in its metadata: the network that made its embeddings."""
     from transferops.drift.profile import Profile
 
     meta = Profile.load(profile_path).meta
@@ -124,7 +124,7 @@ def source_from_profile(profile_path: str | Path) -> tuple[str, str]:
     source, backbone = str(meta["weights"]), str(meta["backbone"])
     if not Path(source).expanduser().exists():
         source = f"{backbone}:{source}"  # a weights enum name
-    return source, backbone
+    return parse_source(source, backbone)
 
 
 def scratch_source(images: "ImageSet", backbone: str, image_size: int) -> SourceModel:

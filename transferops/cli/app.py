@@ -240,7 +240,8 @@ def drift_cmd(state: State, out: Output, source: str | None, data: str, profile:
     if source is None:  # the profile names the network that made it
         if not profile:
             raise InputError("pass --source (a model) or --profile (a profile made by `transferops profile`)")
-        source, backbone = source_from_profile(profile)
+        ref = source_from_profile(profile)
+        source, backbone = ref.spec, ref.backbone
     src = open_source(s, source, backbone, profile)
     images = scan_dataset(data, s.data.val_fraction, s.data.test_fraction, labels="none" if unlabelled else "auto")
     outcome = measure_drift(s, src, images, split=None)
