@@ -15,8 +15,7 @@ from typing import Any, Callable
 import click
 
 from transferops import __version__
-from transferops.cli.output import (Output, State, progress_to_stderr, report_error, stdout_to_stderr,
-                                    write_json)
+from transferops.cli.output import Output, State, report_error, stdout_to_stderr, write_json
 from transferops.errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_OK, InputError
 from transferops.offline import apply_offline_defaults
 
@@ -95,12 +94,13 @@ def command(group: click.Group, name: str, help: str) -> Callable[[Callable], Ca
             state = ctx.ensure_object(State)
             state.command = ctx.command_path
             out = Output(json=state.json)
+            # progress bars draw on stderr by themselves (transferops.engine); --json also
+            # sends everything else that would reach stdout there
             if state.json:
-                with stdout_to_stderr(), progress_to_stderr():
+                with stdout_to_stderr():
                     code = fn(state, out, **kwargs)
             else:
-                with progress_to_stderr():
-                    code = fn(state, out, **kwargs)
+                code = fn(state, out, **kwargs)
             out.write_document()
             return EXIT_OK if code is None else int(code)
 

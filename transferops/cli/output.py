@@ -82,20 +82,6 @@ def stdout_to_stderr() -> Iterator[None]:
             os.close(saved_fd)
 
 
-@contextmanager
-def progress_to_stderr() -> Iterator[None]:
-    """rich's global console (progress bars of the training tasks) writes to stderr meanwhile."""
-    import rich
-
-    console = rich.get_console()
-    before = console.stderr
-    console.stderr = True
-    try:
-        yield
-    finally:
-        console.stderr = before
-
-
 def _console(stderr: bool):
     from rich.console import Console
 
