@@ -18,6 +18,7 @@ from transferops.engine import checkpoint_key, input_example
 from transferops.lineage import Lineage
 from transferops.promotion import decide_promotion
 from transferops.report import RunReport
+from transferops.strategy import CHOICES
 
 
 class TrainParams(BaseModel):
@@ -27,7 +28,7 @@ class TrainParams(BaseModel):
     data: str | None = Field(None, description="ImageFolder tree or manifest to ingest as a new data version")
     data_rev: str | None = Field(None, description="git revision of data.dvc to train on instead (default: the current one)")
     allow_class_change: bool = Field(False, description="accept data whose class set differs from the champion's")
-    strategy: Literal["auto", "feature_extraction", "partial_finetune", "full_finetune", "scratch"] = "auto"
+    strategy: Literal[CHOICES] = "auto"  # type: ignore[valid-type]  (the core's names, one list)
     backbone: str | None = Field(None, description="architecture of a .pt source file")
     source_profile: str | None = Field(None, description=".npz of source reference embeddings, overriding the source's own")
     project_dir: str = "."

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -25,7 +25,6 @@ from pydantic import BaseModel, Field
 from tasks import checks, dvcstore
 from tasks.expectations import DataValidationError, SuiteRunner
 from transferops.config import Settings, load_settings
-
 
 
 @dataclass(frozen=True)

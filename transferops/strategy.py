@@ -13,15 +13,17 @@ large          ``full_finetune``           ``scratch`` (or ``full_finetune``)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from transferops.config import StrategyConfig
 from transferops.errors import InputError
-from transferops.models import backbone_blocks, freeze
+
+if TYPE_CHECKING:  # light to import: the CLI and the flows' parameter models read the names
+    from torch import nn
+
+    from transferops.config import StrategyConfig
 
 STRATEGIES = ("feature_extraction", "partial_finetune", "full_finetune", "scratch")
+CHOICES = ("auto", *STRATEGIES)  # what a user may ask for
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,10 @@ def choose_strategy(per_class: float, similarity: float, *, n_blocks: int, cfg: 
                             reason=reason, size=size, similarity=similarity)
 
 
-def apply_strategy(model: nn.Module, choice: StrategyChoice) -> nn.Module:
+def apply_strategy(model: "nn.Module", choice: StrategyChoice) -> "nn.Module":
     """Freeze the blocks the strategy names; the head always stays trainable."""
+    from transferops.models import freeze
+
     if choice.freeze_blocks is None:
         return freeze(model)
     if choice.freeze_blocks > 0:
@@ -104,6 +108,8 @@ def apply_strategy(model: nn.Module, choice: StrategyChoice) -> nn.Module:
     return model
 
 
-def n_blocks(model: nn.Module) -> int:
+def n_blocks(model: "nn.Module") -> int:
     """Number of backbone blocks that freezing counts in."""
+    from transferops.models import backbone_blocks
+
     return len(backbone_blocks(model))

@@ -18,8 +18,8 @@ from transferops import __version__
 from transferops.cli.output import Output, State, report_error, stdout_to_stderr, write_json
 from transferops.errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_OK, InputError
 from transferops.offline import apply_offline_defaults
+from transferops.strategy import CHOICES
 
-STRATEGIES = ["auto", "feature_extraction", "partial_finetune", "full_finetune", "scratch"]
 SAMPLES = ["handwritten-digits", "typeset-digits", "shapes"]
 
 EPILOG = """\b
@@ -172,7 +172,7 @@ def source_cmd(state: State, out: Output, data: str, backbone: str, image_size: 
               help="folder/manifest to ingest as a new version, or a git revision of data.dvc (default: current version)")
 @click.option("--source", required=True,
               help="models:/NAME@ALIAS, BACKBONE:WEIGHTS (resnet50:IMAGENET1K_V2), a bundle folder or a .pt file")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True)
+@click.option("--strategy", type=click.Choice(CHOICES), default="auto", show_default=True)
 @click.option("--backbone", default=None, help="architecture of a .pt source file")
 @click.option("--source-profile", default=None, help=".npz of source reference embeddings")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="overrides training.epochs")
