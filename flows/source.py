@@ -17,7 +17,7 @@ from tasks.tracking import tracked_run
 from transferops.engine import checkpoint_key, input_example
 from transferops.lineage import Lineage
 from transferops.report import RunReport
-from transferops.strategy import strategy_by_name
+from transferops.strategy import StrategyChoice, strategy_params
 
 
 class SourceParams(BaseModel):
@@ -43,8 +43,8 @@ def develop_source(params: SourceParams) -> dict:
     version, images = data.version, data.images
     with tracked_run(s, ctx.run_name, {"transferops.flow": "source", "transferops.data_rev": version.rev}) as run:
         src = modeling.scratch_source(images, params.backbone, params.image_size)
-        choice = strategy_by_name("scratch", n_blocks=0, cfg=s.strategy, backbone_lr_mult=1.0,
-                                  reason="a source model is developed from scratch on plenty of source data.")
+        choice = StrategyChoice("scratch", "a source model is developed from scratch on plenty of source data.",
+                                strategy_params("scratch", s))
         run.log_params({"backbone": params.backbone, "image_size": params.image_size,
                         "data_rev": version.rev, "data_md5": version.md5})
         key = checkpoint_key("source", version.md5, params.backbone, params.image_size, s.training.model_dump())
@@ -61,7 +61,9 @@ def develop_source(params: SourceParams) -> dict:
                                        input_example(src.weights, images), tags)
         summary = {"run_name": ctx.run_name, "run_id": run.run_id, "model": s.source_model_name, "version": mv.version,
                    "uri": f"models:/{s.source_model_name}@champion", "backbone": params.backbone,
-                   "data_rev": version.rev, "test_accuracy": metrics["accuracy"], "epochs_run": len(trained.fit.history)}
+                   "data_rev": version.rev, "test_accuracy": metrics["accuracy"],
+                   "epochs_run": (trained.fit.history[-1]["epoch"] + 1) if trained.fit.history else 0,
+                   "steps_run": trained.fit.steps}
         report = run.report(RunReport(ctx.run_name, summary, trained.fit.history, metrics["confusion"], images.classes,
                                       validation=data.validation_file))
         # A deliberately developed source replaces the previous one.

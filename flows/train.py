@@ -58,23 +58,31 @@ def train(params: TrainParams) -> dict:
         choice = modeling.pick_strategy(s, params.strategy, src, images, drift)
         print(f"Strategy {choice.name}: {choice.reason}")
         run.log_params({"source": params.source, "backbone": src.backbone, "strategy": choice.name,
-                        "data_rev": version.rev, "data_md5": version.md5, "classes": ",".join(images.classes)})
+                        "strategy_requested": params.strategy, "data_rev": version.rev, "data_md5": version.md5,
+                        "classes": ",".join(images.classes)} | {f"strategy.{k}": v for k, v in choice.params.items()})
         run.log_json({"choice": choice.as_dict(), "drift": drift.as_dict()}, "decision/strategy.json")
+        run.log_metrics({f"strategy_{k}": v for k, v in choice.evidence.items()}
+                        | {"strategy_selection_seconds": choice.selection_seconds})
         if drift.report:
             run.log_metrics({f"drift_{r.test}_p_val": r.p_val for r in drift.report.results}
                             | {"source_similarity": drift.report.similarity})
 
         # 5-6. fine-tune, evaluate challenger and champion on the same held-out split
-        key = checkpoint_key(version.md5, params.source, choice.as_dict(), s.training.model_dump())
+        key = checkpoint_key(version.md5, params.source, choice.name, choice.params, s.training.model_dump())
         trained = modeling.train_model(s, run, src, choice, images, key)
         metrics = modeling.evaluate_on_test(s, trained.model, src.weights, images)
         run.log_metrics(metrics, prefix="test_")
+        baseline = modeling.scratch_baseline(s, src, choice, images, key, trained)
+        if baseline.benefit:
+            print(f"Transfer benefit: {baseline.benefit.sentence()}")
+            run.log_metrics(baseline.benefit.metrics())
         champion = modeling.evaluate_champion(s, images)
         decision = decide_promotion(metrics, champion.metrics, s.promotion)
 
         # 7. register with lineage, report, and only then move the aliases
         lineage = Lineage(role="target", data_rev=version.rev, data_md5=version.md5, backbone=src.backbone,
                           source=params.source, strategy=choice.name, strategy_reason=choice.reason,
+                          strategy_params=choice.params,
                           git_sha=versioning.code_git_sha(), test_accuracy=metrics["accuracy"],
                           classes=tuple(images.classes), similarity=drift.similarity,
                           drift_p_val=drift.result.p_val if drift.result else None,
@@ -88,17 +96,25 @@ def train(params: TrainParams) -> dict:
         summary = {
             "run_name": ctx.run_name, "run_id": run.run_id, "model": s.model_name, "version": mv.version,
             "promoted": decision.promote, "promotion_reason": decision.reason, "previous_champion": champion.version,
-            "strategy": choice.name, "strategy_reason": choice.reason, "data_rev": version.rev, "data_md5": version.md5,
+            "strategy": choice.name, "strategy_reason": choice.reason, "strategy_params": choice.params,
+            "strategy_evidence": choice.evidence, "selection_seconds": choice.selection_seconds,
+            "data_rev": version.rev, "data_md5": version.md5,
             "test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
             "champion_test_accuracy": champion.metrics["accuracy"] if champion.metrics else None,
             "similarity": drift.similarity,
             "drift_p_val": drift.result.p_val if drift.result else None, "drift_note": drift.reason,
-            "epochs_run": len(trained.fit.history), "trainable_params": trained.params["trainable"],
+            "epochs_run": (trained.fit.history[-1]["epoch"] + 1) if trained.fit.history else 0,
+            "steps_run": trained.fit.steps, "trainable_params": trained.params["trainable"],
             "total_params": trained.params["total"],
+            "transfer_benefit": baseline.benefit.as_dict() if baseline.benefit else None,
+            "transfer_benefit_note": baseline.note,
         }
         report = run.report(RunReport(ctx.run_name, summary, trained.fit.history, metrics["confusion"], images.classes,
                                       src.profile.embeddings if src.profile else None, drift.target_embeddings,
-                                      drift.report.as_dict() if drift.report else None, data.validation_file))
+                                      drift.report.as_dict() if drift.report else None, data.validation_file,
+                                      benefit=baseline.benefit, scratch_history=baseline.history,
+                                      strategy={"name": choice.name, "reason": choice.reason} | choice.params
+                                      | {f"evidence.{k}": v for k, v in choice.evidence.items()}))
         registry.set_alias(s, s.model_name, registry.CHALLENGER, mv.version)
         if decision.promote:
             registry.set_alias(s, s.model_name, registry.CHAMPION, mv.version)

@@ -38,6 +38,14 @@ def train_model(settings: Settings, run: TrackedRun, src: SourceModel, choice: S
                               on_epoch=run.epoch_logger())
 
 
+@task(cache_policy=NO_CACHE)
+def scratch_baseline(settings: Settings, src: SourceModel, choice: StrategyChoice, images: ImageSet,
+                     key: str, trained: Trained) -> engine.Baseline:
+    """The same-budget scratch run the transfer-benefit report compares with (or why there is none)."""
+    return engine.scratch_baseline(settings, src, choice, images, settings.checkpoints_dir / f"{key}-scratch.pt",
+                                   trained.fit)
+
+
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def evaluate_champion(settings: Settings, images: ImageSet) -> ChampionEvaluation:
     """The registered champion's metrics on the same test split (fetched from the registry)."""

@@ -42,8 +42,9 @@ class TrackedRun:
             registry.log_metrics(self.settings, self.run_id, numeric, step=step)
 
     def epoch_logger(self) -> Callable[[dict[str, Any]], None]:
-        """A callback for the training loop: each epoch's row as metrics at step ``epoch``."""
-        return lambda row: self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        """A callback for the training loop: each evaluation's row as metrics at its optimizer step."""
+        return lambda row: self.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")},
+                                            step=int(row.get("step", row["epoch"])))
 
     def log_json(self, obj: Any, artifact_file: str) -> None:
         registry.log_json(self.settings, self.run_id, obj, artifact_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import torch
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
+# Tests train on a few dozen images for an epoch or two: the minimum-steps rule, which gives
+# real small datasets enough optimizer steps, would make every test run 300 steps. A test of
+# the rule itself sets it (environment variables outrank the YAML files tests write).
+os.environ.setdefault("TRANSFEROPS_TRAINING__MIN_STEPS", "0")
 # Prefect sets up logging (binding sys.stderr) when prefect.main first loads, which
 # `import prefect` alone does not do (lazy imports). Loading it here binds pytest's
 # session-long capture, not a per-test capsys stream that is closed after its test.

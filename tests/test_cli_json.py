@@ -17,6 +17,7 @@ import yaml
 
 from transferops.cli import main
 from transferops.samples import write_shapes
+from transferops.strategy import STRATEGIES
 
 
 def one_json(capfd) -> tuple[object, str]:
@@ -121,7 +122,7 @@ def test_source_and_train(tmp_path, capfd, prefect_harness):
 
     assert main(["train", "-C", str(proj), "--source", source["uri"], "--data", str(target), "--json"]) == 0
     run, err = one_json(capfd)
-    assert run["version"] == "1" and run["promoted"] and run["strategy"] in ("feature_extraction", "partial_finetune")
+    assert run["version"] == "1" and run["promoted"] and run["strategy"] in STRATEGIES
     assert re.search(r"on (cpu|cuda|mps)", err), err[-2000:]
 
     assert main(["status", "-C", str(proj), "--json"]) == 0

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferops.strategy import STRATEGIES
+
 pytestmark = pytest.mark.integration
 
 LINEAGE = ("transferops.data_rev", "transferops.data_md5", "transferops.strategy", "transferops.source_similarity",
@@ -66,6 +68,13 @@ def test_train_flow_registers_a_champion_with_full_lineage(first_run, project):
     report = Path(first_run["report"])
     assert report.is_file() and {"learning_curves.png", "confusion_matrix.png", "drift_embeddings.png", "drift.json",
                                  "drift_per_class.png"} <= {p.name for p in report.parent.iterdir()}
+    # the transfer-benefit report: a same-budget scratch baseline, unless the run was scratch itself
+    benefit = first_run["transfer_benefit"]
+    if first_run["strategy"] != "scratch":
+        assert (report.parent / "transfer_benefit.png").is_file() and "## Transfer benefit" in report.read_text()
+        assert {"start", "slope", "asymptote"} <= set(benefit)
+        assert "benefit_asymptote" in registry.client(s).get_run(v.run_id).data.metrics
+    assert "## Strategy" in report.read_text() and first_run["strategy_reason"] in report.read_text()
     drift = json.loads((report.parent / "drift.json").read_text())
     # BBSD runs when the source profile has softmax outputs, else it is reported as skipped
     assert {t["test"] for t in drift["tests"]} | set(drift["skipped"]) == {"mmd", "classifier", "ks", "bbsd"}
@@ -93,9 +102,9 @@ def test_worse_challenger_does_not_move_champion(first_run, project, tmp_path):
     from tasks import registry
 
     cfg = tmp_path / "worse.yaml"
-    cfg.write_text(yaml.safe_dump({"training": {"epochs": 1, "lr": 1e-9}}))  # the new head stays random
+    cfg.write_text(yaml.safe_dump({"training": {"epochs": 1, "lr": 1e-9}}))  # random weights stay random
     second = train(TrainParams(source=str(first_run_source(project)), data_rev=first_run["data_rev"],
-                               strategy="feature_extraction", project_dir=str(project), config_file=str(cfg),
+                               strategy="scratch", project_dir=str(project), config_file=str(cfg),
                                run_name="worse"))
     s = _settings(project)
     assert second["test_accuracy"] < first_run["test_accuracy"]
@@ -154,6 +163,8 @@ def test_source_flow_then_train_from_the_registry(prefect_harness, tmp_path, sha
     assert {"bundle/weights.pt", "bundle/meta.json", "bundle/profile.npz"} <= files
     out = train(TrainParams(source=src["uri"], data=str(shapes_dir), project_dir=str(project), epochs=1,
                             strategy="auto", run_name="tgt"))
-    # the target *is* the source domain here: the similarity must say so
-    assert out["similarity"] > 0.5 and out["strategy"] in ("feature_extraction", "full_finetune")
+    # the target *is* the source domain here: the drift statistic says so, and auto read the probe
+    assert out["similarity"] > 0.5 and out["strategy"] in STRATEGIES
+    ev = out["strategy_evidence"]
+    assert 0 <= ev["probe_accuracy"] <= 1 and ev["per_class"] > 0 and "linear probe" in out["strategy_reason"]
     assert registry.alias_version(s, s.model_name, "champion").tags["transferops.source"] == src["uri"]

@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferops.models import build_model
-from transferops.training import evaluate, fit, make_optimizer, seed_everything, train_one_epoch
+from transferops.training import evaluate, fit, make_optimizer, plan_budget, seed_everything, small_batch, train_one_epoch, warmup_cosine
 
 
 def _loaders(seed=0):
@@ -15,13 +15,19 @@ def _loaders(seed=0):
     return train, val
 
 
-def _run(epochs, ckpt=None, patience=10, lr=1e-3):
+def _run(epochs, ckpt=None, patience=10, lr=1e-3, stop_after=None, min_steps=0):
     seed_everything(0)
     model = build_model("resnet18", 2)
     train, val = _loaders()
     opt = make_optimizer(model, lr=lr)
-    res = fit(model, opt, train, val, num_classes=2, device=torch.device("cpu"), epochs=epochs, patience=patience,
-              checkpoint_path=ckpt)
+
+    def crash(row):  # a "crash" right after an evaluation
+        if stop_after is not None and row["epoch"] + 1 >= stop_after:
+            raise KeyboardInterrupt
+
+    budget = plan_budget(32, 8, epochs=epochs, min_steps=min_steps, eval_every_steps=1)
+    res = fit(model, opt, train, val, num_classes=2, device=torch.device("cpu"), budget=budget, patience=patience,
+              checkpoint_path=ckpt, checkpoint_interval_s=0, on_epoch_end=crash)
     return model, res
 
 
@@ -30,7 +36,7 @@ def test_train_one_epoch_and_evaluate_return_metric_dicts():
     model = build_model("resnet18", 2)
     train, val = _loaders()
     m = train_one_epoch(model, torch.nn.CrossEntropyLoss(), make_optimizer(model, 1e-3), train, torch.device("cpu"), 0)
-    assert m["images"] == 32 and m["loss"] > 0 and 0 <= m["accuracy"] <= 1
+    assert m["images"] == 32 and m["steps"] == 4 and m["loss"] > 0 and 0 <= m["accuracy"] <= 1
     e = evaluate(model, torch.nn.CrossEntropyLoss(), val, torch.device("cpu"), num_classes=2)
     assert e["images"] == 16 and sum(map(sum, e["confusion"])) == 16
     assert e["accuracy"] == pytest.approx(sum(e["confusion"][i][i] for i in range(2)) / 16)
@@ -45,21 +51,43 @@ def test_fit_is_deterministic_on_cpu():
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    _run(2, ckpt)  # "crashes" after epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        _run(4, ckpt, stop_after=2)  # interrupted after epoch 2 (its checkpoint is written first)
     model_resumed, resumed = _run(4, ckpt)
     model_full, full = _run(4)
-    assert resumed.resumed_from == 1 and len(resumed.history) == 4
+    assert resumed.resumed_from == 1 and len(resumed.history) == 4 and resumed.steps == full.steps == 16
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history])
     for a, b in zip(model_resumed.state_dict().values(), model_full.state_dict().values()):
         assert torch.allclose(a.float(), b.float())
 
 
-def test_early_stopping_restores_the_best_epoch():
-    model, res = _run(12, patience=1, lr=1e-12)  # weights barely move, so val accuracy soon stops improving
+def test_early_stopping_restores_the_best_evaluation():
+    model, res = _run(12, patience=1, lr=1e-12)  # weights barely move: the smoothed val loss soon stops improving
     assert res.stopped_early and len(res.history) == res.best_epoch + 2
     _, val = _loaders()
     again = evaluate(model, torch.nn.CrossEntropyLoss(), val, torch.device("cpu"), num_classes=2)
-    assert again["accuracy"] == res.best_accuracy == max(h["val_accuracy"] for h in res.history)
+    assert again["accuracy"] == res.best_accuracy
+    assert res.best_loss == min(h["val_loss_smoothed"] for h in res.history)
+
+
+def test_early_stopping_waits_for_half_the_minimum_steps():
+    _, res = _run(12, patience=1, lr=1e-12, min_steps=80)  # 80 steps = 20 epochs of 4 steps
+    assert res.stopped_early and res.steps >= 40 and len(res.history) == res.steps // 4
+
+
+def test_the_budget_gives_small_data_enough_steps():
+    small = plan_budget(85, small_batch(85, 64), epochs=8, min_steps=300, eval_every_steps=20)
+    assert small_batch(85, 64) == 22 and small.steps_per_epoch == 4 and small.steps >= 300
+    assert small.eval_every == 5  # judged every ~20 steps, not every epoch of 4
+    large = plan_budget(5000, 64, epochs=8, min_steps=300)
+    assert large.epochs == 8 and large.steps == 8 * 79 and large.eval_every == 1
+    assert small_batch(33, 64) == 9 and 33 % small_batch(33, 64) != 1  # never a last batch of one image
+
+
+def test_warmup_then_cosine_schedule():
+    f = warmup_cosine(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(99) < 0.01
 
 
 @pytest.mark.gpu
@@ -68,8 +96,9 @@ def test_cuda_fit_with_bf16_autocast_and_channels_last():
     seed_everything(0)
     model = build_model("resnet18", 2)
     train, val = _loaders()
-    res = fit(model, make_optimizer(model, 1e-3), train, val, num_classes=2, device=torch.device("cuda"), epochs=2,
-              patience=5, amp=True, channels_last=True)
+    res = fit(model, make_optimizer(model, 1e-3), train, val, num_classes=2, device=torch.device("cuda"),
+              budget=plan_budget(32, 8, epochs=2, min_steps=0, eval_every_steps=1), patience=5, amp=True,
+              channels_last=True)
     assert len(res.history) == 2 and all(h["train_loss"] == h["train_loss"] for h in res.history)  # no NaN
     assert next(model.parameters()).is_cuda
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from transferops.drift import DriftResult
     from transferops.drift.report import DriftReport
     from transferops.sources import SourceModel
-    from transferops.strategy import StrategyChoice
+    from transferops.strategy import Evidence, StrategyChoice
 
 
 @dataclass
@@ -74,22 +74,118 @@ def measure_drift(settings: "Settings", src: "SourceModel", images: "ImageSet",
 
 def pick_strategy(settings: "Settings", requested: str, src: "SourceModel", images: "ImageSet",
                   drift: DriftOutcome) -> "StrategyChoice":
-    """The named strategy, or for ``auto`` the classic rule from size and similarity.
+    """The named strategy with its parameters, ``auto``'s rule on measured evidence, or ``search``'s winner.
 
-    ``auto`` needs a similarity, so a source without a profile is refused here, before
-    any training, with the two ways out.
+    ``partial_finetune`` measures its k (see :func:`choose_freeze_blocks`) unless the settings
+    fix it. Whatever was measured lands in ``choice.evidence`` and its cost in
+    ``choice.selection_seconds``.
     """
-    from transferops.data import per_class_train_size
-    from transferops.models import build_model
-    from transferops.strategy import choose_strategy, n_blocks, strategy_by_name
+    import time
 
-    blocks = n_blocks(build_model(src.backbone, max(len(images.classes), 1), weights=None))
-    sim = drift.similarity
+    from transferops.strategy import CHOICES, StrategyChoice, choose_strategy, describe, strategy_params
+
+    if requested not in CHOICES:
+        raise InputError(f"unknown strategy '{requested}'; choose one of: {', '.join(CHOICES)}")
+    start = time.perf_counter()
+    if requested == "search":
+        from transferops.search import search_strategy
+
+        return search_strategy(settings, src, images, drift)
+    evidence: dict[str, Any] = {}
     if requested == "auto":
-        if sim is None:
-            raise InputError(f"strategy 'auto' needs a source similarity, but {drift.reason}; "
-                             "pass --source-profile FILE.npz or name a strategy")
-        return choose_strategy(per_class_train_size(images), sim, n_blocks=blocks, cfg=settings.strategy,
-                               backbone_lr_mult=settings.training.backbone_lr_mult)
-    return strategy_by_name(requested, n_blocks=blocks, cfg=settings.strategy,
-                            backbone_lr_mult=settings.training.backbone_lr_mult, similarity=sim)
+        ev = measure_evidence(settings, src, images, drift)
+        name, reason = choose_strategy(ev, settings)
+        evidence = ev.as_dict()
+    else:
+        name, reason = requested, ""
+    k = None
+    if name == "partial_finetune":
+        k, k_reason, scores = choose_freeze_blocks(settings, src, images)
+        evidence["block_probe"] = scores
+        reason = f"{reason} {k_reason}".strip()
+    params = strategy_params(name, settings, freeze_blocks=k)
+    how = describe(name, params)
+    reason = f"{reason} Trains: {how}." if reason else f"chosen by name: {how}."
+    return StrategyChoice(name, reason, params, evidence, time.perf_counter() - start)
+
+
+def _probe_records(images: "ImageSet", limit: int) -> dict[str, list]:
+    """Train and val records, thinned evenly to at most ``limit`` together (deterministic)."""
+    out = {}
+    total = len(images.split("train")) + len(images.split("val"))
+    step = max(1, -(-total // max(limit, 1)))
+    for split in ("train", "val"):
+        out[split] = images.split(split)[::step]
+    return out
+
+
+def _source_features(settings: "Settings", src: "SourceModel", images: "ImageSet", blocks: bool = False):
+    """Source-network features of the (thinned) train+val images, through the feature cache."""
+    import numpy as np
+
+    from transferops.features import FeatureSet, cached_features
+    from transferops.models import backbone_blocks
+    from transferops.sources import source_network
+    from transferops.training import resolve_device
+
+    model = source_network(src)
+    parts = []
+    for records in _probe_records(images, settings.strategy.probe_max_images).values():
+        if records:
+            parts.append(cached_features(settings.state_dir / "features", model, src.weights, records,
+                                         images.class_to_idx, batch_size=settings.training.batch_size,
+                                         device=resolve_device(settings.training.device), extra_key=src.backbone,
+                                         blocks=backbone_blocks(model) if blocks else ()))
+    names = list(parts[0].layers)
+    return FeatureSet({n: np.concatenate([p.layers[n] for p in parts]) for n in names},
+                      np.concatenate([p.labels for p in parts]))
+
+
+def measure_evidence(settings: "Settings", src: "SourceModel", images: "ImageSet", drift: DriftOutcome) -> "Evidence":
+    """What ``auto`` decides on: size, a cross-validated linear probe and LogME on the source
+    features (the transferability), and the input shift the drift stage measured."""
+    from transferops.data import per_class_train_size
+    from transferops.probe import chance_accuracy, logme, probe_accuracy
+    from transferops.strategy import Evidence
+
+    feats = _source_features(settings, src, images)
+    n = len(images.classes)
+    res = drift.result
+    return Evidence(per_class=per_class_train_size(images), n_classes=n,
+                    probe_accuracy=probe_accuracy(feats.head, feats.labels, n, seed=settings.training.seed),
+                    chance=chance_accuracy(feats.labels, n), logme=logme(feats.head, feats.labels),
+                    shift_p_val=res.p_val if res else None, shift_test=res.test if res else None,
+                    similarity=drift.similarity, budget=settings.strategy.budget)
+
+
+def choose_freeze_blocks(settings: "Settings", src: "SourceModel", images: "ImageSet") -> tuple[int, str, list[dict[str, Any]]]:
+    """k for ``partial_finetune``: freeze up to the block whose pooled features a linear probe
+    reads best; the blocks after it are the source-specific ones that must adapt.
+
+    One forward pass embeds the target at every block (cached); a cross-validated probe
+    scores each. At least one block always trains. ``strategy.partial_freeze_blocks`` fixes k.
+    """
+    from transferops.probe import probe_accuracy
+
+    n_blocks = len(_block_names(src))
+    fixed = settings.strategy.partial_freeze_blocks
+    if fixed is not None:
+        k = min(fixed, n_blocks)
+        return k, f"The first {k} of {n_blocks} blocks are frozen, as strategy.partial_freeze_blocks says.", []
+    feats = _source_features(settings, src, images, blocks=True)
+    n = len(images.classes)
+    scores = [{"block": name, "probe_accuracy": probe_accuracy(feats.layers[name], feats.labels, n, seed=settings.training.seed)}
+              for name in _block_names(src)]
+    best = max(range(len(scores)), key=lambda i: (round(scores[i]["probe_accuracy"], 3), i))  # ties: the deeper block
+    k = max(1, min(best + 1, n_blocks - 1))
+    last = scores[-1]
+    return k, (f"Per-block linear probes peak at {scores[best]['block']} ({scores[best]['probe_accuracy']:.2f}; "
+               f"last block {last['block']}: {last['probe_accuracy']:.2f}), so the first {k} of {n_blocks} blocks stay "
+               "frozen and the later, source-specific ones adapt."), scores
+
+
+def _block_names(src: "SourceModel") -> list[str]:
+    from transferops.models import backbone_blocks
+    from transferops.sources import source_network
+
+    return [name for name, _ in backbone_blocks(source_network(src))]

@@ -78,34 +78,73 @@ class DataConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """Hyper-parameters of fine-tuning; the strategy may scale the backbone's rate."""
+    """Hyper-parameters of training; each strategy scales the rates (``transferops.strategy``).
 
-    epochs: int = Field(8, ge=1)  # upper bound: early stopping usually ends sooner
-    patience: int = Field(3, ge=1)  # epochs without a better val accuracy before stopping
+    The budget rule: a phase runs ``max(epochs x steps per epoch, min_steps)`` optimizer
+    steps, in batches small enough for 4 steps an epoch, evaluated about every
+    ``eval_every_steps`` steps, and stops after ``patience`` evaluations without a better
+    smoothed validation loss (never before half of ``min_steps``). Epochs alone give a small
+    dataset a handful of steps: 85 images at batch 64 make 16 steps in 8 epochs.
+    """
+
+    epochs: int = Field(8, ge=1)  # epochs of a large dataset; small ones get min_steps instead
+    min_steps: int = Field(300, ge=0)  # optimizer steps at least, whatever the dataset's size
+    eval_every_steps: int = Field(20, ge=1)  # a tiny dataset is judged every few epochs, not every 2 steps
+    patience: int = Field(4, ge=1)  # evaluations without a better smoothed val loss before stopping
+    smoothing: float = Field(0.6, ge=0, lt=1)  # EMA factor of the val loss; 0 reads the raw loss
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)  # linear warm-up, then cosine decay per step
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)  # learning rate of the new head
-    # full_finetune trains the backbone at lr * backbone_lr_mult: pretrained
-    # features need smaller steps than a randomly initialised head.
+    lr: float = Field(1e-3, gt=0)  # learning rate of a new head (and of scratch training)
+    # Pretrained blocks train at lr * backbone_lr_mult: source features need smaller steps than a random head.
     backbone_lr_mult: float = Field(0.1, gt=0, le=1)
+    # full_finetune: each block nearer the input trains at layer_decay times the rate of the one above it.
+    layer_decay: float = Field(0.8, gt=0, le=1)
+    # L2-SP strength (pull towards the source weights instead of towards zero); 0 is off.
+    l2sp: float = Field(0.0, ge=0)
+    # lp_ft's fine-tuning phase runs every layer, head included, at lr * lp_ft_lr_mult.
+    lp_ft_lr_mult: float = Field(0.1, gt=0, le=1)
     weight_decay: float = Field(1e-4, ge=0)
+    # Random shifts and scalings of train images (not flips: they change digits and text).
+    # Feature extraction on cached embeddings never augments: each image is embedded once.
+    augment: bool = True
     seed: int = 0
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     num_workers: int = Field(0, ge=0)  # 0 keeps CPU runs deterministic and light
+    checkpoint_interval_s: float = Field(30.0, ge=0)  # at most one resumable checkpoint this often
+
+
+StrategyName = Literal["feature_extraction", "partial_finetune", "full_finetune", "lp_ft", "scratch"]
 
 
 class StrategyConfig(_Section):
-    """Thresholds of the ``auto`` reuse-strategy choice."""
+    """The ``auto`` choice, strategy details, the search and the scratch baseline."""
 
     # "small" when the train split has fewer images per class than this.
-    small_max_per_class: int = Field(500, ge=1)
-    # "similar" when the target's similarity to the source domain is at least this.
-    similar_min_similarity: float = Field(0.5, ge=0, le=1)
-    # Blocks frozen by partial_finetune; None freezes the first half.
+    small_max_per_class: int = Field(200, ge=1)
+    # The source features "fit" when a cross-validated linear probe on them reaches this
+    # transferability: (accuracy - chance) / (1 - chance).
+    transferable_min: float = Field(0.8, ge=0, le=1)
+    # The strategy of each cell of the 2x2 (size x fit).
+    small_fit: StrategyName = "feature_extraction"
+    small_misfit: StrategyName = "lp_ft"
+    large_fit: StrategyName = "full_finetune"
+    large_misfit: StrategyName = "scratch"
+    # "low" picks the cheapest strategy the size and fit allow (no backward pass through the backbone).
+    budget: Literal["low", "normal"] = "normal"
+    # Blocks frozen by partial_finetune; None picks k from per-block linear probes.
     partial_freeze_blocks: int | None = Field(None, ge=0)
-    # Large and different: train from scratch (classic rule) or fine-tune everything.
-    large_different: Literal["scratch", "full_finetune"] = "scratch"
+    # feature_extraction fits its head on embeddings computed once and cached (False: SGD through the frozen backbone).
+    cache_features: bool = True
+    probe_max_images: int = Field(2000, ge=20)  # the transferability probes read at most this many train+val images
+    # --strategy search: successive halving over these, starting at min_fraction of the budget.
+    search_candidates: list[StrategyName] = ["feature_extraction", "partial_finetune", "full_finetune", "lp_ft", "scratch"]
+    search_min_fraction: float = Field(0.25, gt=0, le=1)
+    search_eta: int = Field(2, ge=2)
+    # Every run trains a scratch baseline with the same budget for the transfer-benefit report,
+    # when the train split holds at most this many images (0: never).
+    baseline_max_train_images: int = Field(2000, ge=0)
 
 
 class DriftConfig(_Section):

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 if TYPE_CHECKING:
-    import numpy as np
     from torch import nn
     from torchvision.models import Weights
 
+    from transferops.benefit import TransferBenefit
     from transferops.config import Settings
     from transferops.data import ImageSet
     from transferops.models import Bundle
@@ -46,43 +48,174 @@ def checkpoint_key(*parts: Any) -> str:
 def train_model(settings: "Settings", src: "SourceModel", choice: "StrategyChoice", images: "ImageSet",
                 checkpoint: Path, on_epoch: Callable[[dict[str, Any]], None] | None = None,
                 progress: bool = True) -> Trained:
-    """Build the model the strategy asks for and fit it; ``on_epoch`` gets each epoch's row."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Build the model the strategy asks for and run its phases; ``on_epoch`` gets each evaluation's row.
 
-    from transferops.loading import make_loader
-    from transferops.models import build_model, count_parameters
-    from transferops.strategy import apply_strategy
-    from transferops.training import fit, make_optimizer, resolve_device, seed_everything
+    Every strategy goes through here: a *probe* phase fits the head on cached embeddings
+    (:func:`fit_probe`), a *train* phase runs :func:`transferops.training.fit` on the
+    phase's trainable blocks and learning rates, under the step budget of the settings.
+    Each train phase checkpoints to its own file next to ``checkpoint`` and resumes from it.
+    """
+    from torch import nn
+
+    from transferops.models import build_model, count_parameters, head_layer
+    from transferops.strategies import Phase, get_strategy
+    from transferops.training import FitResult, resolve_device, seed_everything
 
     cfg = settings.training
     seed_everything(cfg.seed)
-    num_classes = len(images.classes)
-    model = build_model(src.backbone, num_classes, weights=src.weights if choice.pretrained else None)
-    apply_strategy(model, choice)
-    optimizer = make_optimizer(model, cfg.lr, choice.backbone_lr_mult, cfg.weight_decay)
+    strategy = get_strategy(choice.name)
+    model = build_model(src.backbone, len(images.classes), weights=src.weights if strategy.pretrained else None)
+    device = resolve_device(cfg.device)
+    total = FitResult()
+    info: dict[str, Any] = {}
+    for phase in strategy.phases(choice.params):
+        phase.prepare(model)
+        if phase.kind == "probe" and isinstance(head_layer(model)[2], nn.Linear):
+            row, head = fit_probe(settings, src, model, images, device, step=total.steps)
+            info["probe"] = head
+            total.history.append(row)
+            if on_epoch:
+                on_epoch(row)
+            continue
+        if phase.kind == "probe":  # a head that is not one linear layer (squeezenet's conv): SGD instead
+            phase = Phase(phase.name, "train", None, choice.params["lr"], augment=False)
+        path = Path(checkpoint)
+        result = _train_phase(settings, model, phase, images, src, device, path.with_name(f"{path.stem}.{phase.name}{path.suffix}"),
+                              step_offset=total.steps, on_epoch=on_epoch, progress=progress, label=choice.name)
+        total.history += result.history
+        total.steps += result.steps
+        total.best_epoch, total.best_accuracy, total.best_loss = result.best_epoch, result.best_accuracy, result.best_loss
+        total.stopped_early, total.resumed_from = result.stopped_early, result.resumed_from
+        info.setdefault("budgets", {})[phase.name] = result.budget
+    return Trained(model, total, count_parameters(model), str(checkpoint), info)
+
+
+def fit_probe(settings: "Settings", src: "SourceModel", model: "nn.Module", images: "ImageSet", device: Any,
+              step: int = 0) -> tuple[dict[str, Any], Any]:
+    """Fit ``model``'s head as an L2-regularised logistic regression on cached embeddings of
+    its frozen backbone (train and val splits), the strength chosen on validation data or by
+    cross-validation when the validation split is tiny; returns the history row and the head."""
+    import time
+
+    import torch
+
+    from transferops.features import cached_features
+    from transferops.models import head_layer
+    from transferops.probe import fit_linear_head
+
+    start = time.perf_counter()
+    feats = {split: cached_features(settings.state_dir / "features", model, src.weights, images.split(split),
+                                    images.class_to_idx, batch_size=settings.training.batch_size, device=device,
+                                    extra_key=src.backbone)
+             for split in ("train", "val")}
+    head = fit_linear_head(feats["train"].head, feats["train"].labels, feats["val"].head, feats["val"].labels,
+                           len(images.classes), seed=settings.training.seed)
+    layer = head_layer(model)[2]
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(head.weight, dtype=layer.weight.dtype))
+        layer.bias.copy_(torch.as_tensor(head.bias, dtype=layer.bias.dtype))
+    probs = head.predict_proba(feats["train"].head)
+    y = feats["train"].labels
+    train_loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float("nan")
+    seconds = time.perf_counter() - start
+    yv = feats["val"].labels
+    f1 = _macro_f1(yv, head.predict_proba(feats["val"].head).argmax(1), len(images.classes)) if len(yv) else 0.0
+    # val_accuracy/val_loss are the l2 selection's figures: a cross-validated estimate when
+    # the val split was too small to choose on (head.selection says which)
+    row = {"epoch": 0, "step": step, "phase": "probe", "train_loss": train_loss,
+           "train_accuracy": float((probs.argmax(1) == y).mean()) if len(y) else 0.0,
+           "val_loss": head.loss, "val_loss_smoothed": head.loss, "val_accuracy": head.score, "val_macro_f1": f1,
+           "lr": 0.0, "seconds": seconds, "images_per_second": len(y) / max(seconds, 1e-9), "l2": head.l2,
+           "cached": all(f.cached for f in feats.values())}
+    return row, head
+
+
+def _macro_f1(y: "np.ndarray", pred: "np.ndarray", n: int) -> float:
+    cm = np.bincount(y * n + pred, minlength=n * n).reshape(n, n).astype(float)
+    tp = np.diag(cm)
+    precision, recall = tp / np.clip(cm.sum(0), 1, None), tp / np.clip(cm.sum(1), 1, None)
+    return float(np.mean(2 * precision * recall / np.clip(precision + recall, 1e-12, None)))
+
+
+def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "ImageSet", src: "SourceModel",
+                 device: Any, checkpoint: Path, *, step_offset: int, on_epoch: Callable[[dict[str, Any]], None] | None,
+                 progress: bool, label: str) -> "FitResult":
+    """One SGD phase: optimizer groups from the phase, loaders, the budget, and a progress bar on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from transferops.loading import make_loader, train_transform
+    from transferops.training import fit, l2_sp, make_optimizer, plan_budget, small_batch
+
+    cfg = settings.training
+    train = images.split("train")
+    batch = small_batch(len(train), cfg.batch_size)
+    budget = plan_budget(len(train), batch, epochs=cfg.epochs, min_steps=cfg.min_steps,
+                         eval_every_steps=cfg.eval_every_steps)
+    optimizer = make_optimizer(model, phase.lr, phase.backbone_lr_mult, phase.weight_decay, layer_decay=phase.layer_decay,
+                               backbone_weight_decay=0.0 if phase.l2sp else None)
     tf = src.weights.transforms()
-    train_loader = make_loader(images.split("train"), images.class_to_idx, tf, batch_size=cfg.batch_size,
-                               shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
+    train_loader = make_loader(train, images.class_to_idx, train_transform(tf) if phase.augment and cfg.augment else tf,
+                               batch_size=batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
     val_loader = make_loader(images.split("val"), images.class_to_idx, tf, batch_size=cfg.batch_size,
                              shuffle=False, num_workers=cfg.num_workers)
-    device = resolve_device(cfg.device)
     # progress is for people: stderr, so that stdout can carry one JSON document
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=Console(stderr=True),
                   disable=not progress) as bar:
-        job = bar.add_task(f"{choice.name} on {device.type}", total=len(train_loader), status="")
+        job = bar.add_task(f"{label}/{phase.name} on {device.type}", total=budget.steps, status="")
+        done = {"steps": 0}
 
         def epoch_done(row: dict[str, Any]) -> None:
             if on_epoch:
                 on_epoch(row)
-            bar.update(job, status=f"epoch {row['epoch'] + 1}/{cfg.epochs} val_acc={row['val_accuracy']:.3f}")
+            bar.update(job, status=f"step {row['step'] - step_offset}/{budget.steps} val_acc={row['val_accuracy']:.3f}")
 
-        result = fit(model, optimizer, train_loader, val_loader, num_classes=num_classes, device=device,
-                     epochs=cfg.epochs, patience=cfg.patience, amp=cfg.amp, channels_last=cfg.channels_last,
-                     checkpoint_path=checkpoint, on_epoch_end=epoch_done,
-                     on_batch=lambda i, n: bar.update(job, completed=i, total=n))
-    return Trained(model, result, count_parameters(model), str(checkpoint))
+        def batch_done(i: int, n: int) -> None:
+            done["steps"] += 1
+            bar.update(job, completed=done["steps"])
+
+        result = fit(model, optimizer, train_loader, val_loader, num_classes=len(images.classes), device=device,
+                     budget=budget, patience=cfg.patience, smoothing=cfg.smoothing, warmup_fraction=cfg.warmup_fraction,
+                     amp=cfg.amp, channels_last=cfg.channels_last,
+                     penalty=l2_sp(model, phase.l2sp) if phase.l2sp else None, phase=phase.name,
+                     step_offset=step_offset, checkpoint_path=checkpoint,
+                     checkpoint_interval_s=cfg.checkpoint_interval_s, on_epoch_end=epoch_done, on_batch=batch_done)
+    result.budget = budget.as_dict() | {"batch_size": batch}
+    return result
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The scratch run a transfer run is compared with, and the three benefits; or why there is none."""
+
+    benefit: "TransferBenefit | None"
+    history: list[dict[str, Any]] | None
+    note: str
+
+
+def scratch_baseline(settings: "Settings", src: "SourceModel", choice: "StrategyChoice", images: "ImageSet",
+                     checkpoint: Path, transfer: "FitResult | None" = None, progress: bool = True) -> Baseline:
+    """Train ``scratch`` under the same budget rules and compare learning curves with ``transfer``.
+
+    Skipped (with the reason) when the run itself trained from scratch, or when the train split
+    holds more than ``strategy.baseline_max_train_images``: a second full run is then too dear.
+    """
+    from transferops.benefit import transfer_benefit
+    from transferops.strategy import StrategyChoice, strategy_params
+
+    limit = settings.strategy.baseline_max_train_images
+    n = len(images.split("train"))
+    if not choice.pretrained:
+        return Baseline(None, None, "the run itself trained from scratch")
+    if n > limit:
+        return Baseline(None, None, f"{n} train images exceed strategy.baseline_max_train_images={limit}")
+    if transfer is None or not transfer.history:
+        return Baseline(None, None, "the transfer run has no learning curve")
+    scratch = StrategyChoice("scratch", "baseline for the transfer-benefit report", strategy_params("scratch", settings))
+    run = train_model(settings, src, scratch, images, checkpoint, progress=progress)
+    benefit = transfer_benefit(transfer.history, run.fit.history)
+    return Baseline(benefit, run.fit.history, f"scratch baseline under the same budget: {benefit.sentence()}")
 
 
 def evaluate_on_test(settings: "Settings", model: "nn.Module", weights: "Weights", images: "ImageSet") -> dict[str, Any]:

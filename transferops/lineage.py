@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 PREFIX = "transferops."
 # MLflow caps a model-version tag value at 5,000 characters.
@@ -31,6 +32,7 @@ class Lineage:
     similarity: float | None = None  # to the source domain; None when not measured
     drift_p_val: float | None = None
     drift_note: str = ""  # why similarity and p-value are missing, when they are
+    strategy_params: dict[str, Any] | None = None  # k, learning rates, L2-SP... as the strategy trained
 
     def tags(self) -> dict[str, str]:
         """The tags of the registered version (values within MLflow's limit)."""
@@ -42,6 +44,7 @@ class Lineage:
             "classes": json.dumps(list(self.classes)),
             "source_similarity": f"{self.similarity:.6f}" if self.similarity is not None else na,
             "drift_p_val": f"{self.drift_p_val:.6f}" if self.drift_p_val is not None else na,
+            "strategy_params": json.dumps(self.strategy_params or {}, sort_keys=True, default=str),
         }
         # the class list stays whole: a cut JSON list would be unreadable (data checks parse it)
         return {PREFIX + k: v if k == "classes" else v[:MAX_TAG] for k, v in tags.items()}

@@ -68,6 +68,20 @@ def make_loader(records: Sequence[ImageRecord], class_to_idx: dict[str, int], tr
                       generator=gen, num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
+def train_transform(base: Callable) -> Callable:
+    """Light augmentation in front of the weights' own preprocessing ``base``.
+
+    A random crop of 75-100 % of the image at nearly its aspect ratio, resized back: the
+    object shifts and scales a little. No flips or colour changes, which would change what
+    digits, text or medical images mean; no padding, whose fill colour would be a new cue.
+    """
+    from torchvision.transforms import v2
+
+    size = getattr(base, "resize_size", None) or getattr(base, "crop_size", [224])
+    return v2.Compose([v2.RandomResizedCrop(list(size)[:1] * 2, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
+                       base])
+
+
 def compute_mean_std(records: Sequence[ImageRecord], size: int, limit: int = 2000) -> tuple[list[float], list[float]]:
     """Channel mean/std of a source dataset, for a source model's own preprocessing."""
     from torchvision.transforms import functional as F

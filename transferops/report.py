@@ -1,8 +1,8 @@
 """Plots and the Markdown run report.
 
 Plots go where people would rather look than read: learning curves, the
-confusion matrix, source-versus-target embeddings in 2-D (PCA) and per-class drift
-distances. They are
+confusion matrix, source-versus-target embeddings in 2-D (PCA), per-class drift
+distances and transfer against a scratch baseline. They are
 written as PNG files; the flows log them to MLflow and link them from the report.
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from transferops.benefit import TransferBenefit, plot_transfer_benefit
 
 
 def _pyplot():
@@ -138,6 +140,30 @@ class RunReport:
     target: np.ndarray | None = None  # the embeddings compared with them
     drift: dict[str, Any] | None = None  # ``DriftReport.as_dict()``
     validation: Path | None = None  # the GX result file
+    benefit: TransferBenefit | None = None  # transfer (``history``) against the scratch baseline
+    scratch_history: Sequence[dict[str, Any]] | None = None  # the scratch baseline's rows, for the plot
+    strategy: dict[str, Any] | None = None  # ``StrategyChoice.as_dict()`` or any dict with name, reason, parameters
+
+
+def _strategy_section(strategy: dict[str, Any]) -> str:
+    """The strategy's name and reason, then its other entries as a key/value table."""
+    def cell(v: Any) -> Any:
+        v = json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list, tuple)) else v
+        return v.replace("|", "\\|").replace("\n", " ") if isinstance(v, str) else v
+
+    head = "".join(f"**{k}:** {strategy[k]}\n\n" for k in ("name", "reason") if strategy.get(k) is not None)
+    rows = [{"parameter": k, "value": cell(v)} for k, v in strategy.items() if k not in ("name", "reason")]
+    return head + (markdown_table(rows) if rows else "")
+
+
+def _benefit_section(benefit: TransferBenefit) -> str:
+    """The sentence and a start/area/final table, transfer against scratch."""
+    t, s = benefit.transfer, benefit.scratch
+    rows = [{"measure": name, "transfer": f"{a:.3f}", "scratch": f"{b:.3f}", "difference": f"{a - b:+.3f}"}
+            for name, a, b in (("start (val accuracy at the first evaluation)", t.start, s.start),
+                               (f"area under the val-accuracy curve (steps 0–{benefit.horizon})", t.auc, s.auc),
+                               ("final (best val accuracy)", t.final, s.final))]
+    return benefit.sentence() + "\n\n" + markdown_table(rows)
 
 
 def render_run_report(report: RunReport, folder: Path) -> Path:
@@ -145,6 +171,8 @@ def render_run_report(report: RunReport, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, str]] = [("Summary", markdown_table([{"field": k, "value": v}
                                                                     for k, v in report.facts.items()]))]
+    if report.strategy:
+        sections.append(("Strategy", _strategy_section(report.strategy)))
     ref, tgt, drift = report.reference, report.target, report.drift
     if ref is not None and tgt is not None and len(ref) and len(tgt):
         plot_embeddings(ref, tgt, folder / "drift_embeddings.png", "Source profile vs target (PCA)")
@@ -161,6 +189,12 @@ def render_run_report(report: RunReport, folder: Path) -> Path:
     if report.history:
         plot_learning_curves(report.history, folder / "learning_curves.png")
         sections.append(("Learning curves", "![learning curves](learning_curves.png)\n\n" + markdown_table(report.history)))
+    if report.benefit is not None:
+        body = _benefit_section(report.benefit)
+        if report.history and report.scratch_history:
+            plot_transfer_benefit(report.history, report.scratch_history, folder / "transfer_benefit.png")
+            body = "![transfer vs scratch validation accuracy](transfer_benefit.png)\n\n" + body
+        sections.append(("Transfer benefit", body))
     if report.confusion is not None:
         plot_confusion(report.confusion, report.classes, folder / "confusion_matrix.png", "Held-out confusion matrix")
         sections.append(("Held-out evaluation", "![confusion matrix](confusion_matrix.png)"))

@@ -1,115 +1,162 @@
-"""Reuse strategies and the rule that picks one from dataset size and source similarity.
+"""Reuse strategies by name, and the ``auto`` rule that picks one from measured evidence.
 
-The classic four cases of transfer learning (Yosinski et al. 2014; the CS231n notes):
+The classic four cases of transfer learning (Yosinski et al. 2014; the CS231n notes), read
+with *measured* similarity: "similar" means the source features already describe the
+target, which a cross-validated linear probe on them measures directly (how accurate a
+linear classifier on the frozen features is), not how far apart the two image
+distributions are (a domain classifier tells every target with new classes apart from the
+source, so it cannot say "similar"; it stays a drift statistic).
 
-=============  =========================  ===========================================
-size           similar to the source       different from the source
-=============  =========================  ===========================================
-small          ``feature_extraction``      ``partial_finetune`` (freeze first k blocks)
-large          ``full_finetune``           ``scratch`` (or ``full_finetune``)
-=============  =========================  ===========================================
+=============  ==============================  ==========================================
+size           source features fit              source features do not fit
+=============  ==============================  ==========================================
+small          ``feature_extraction``           ``lp_ft`` (linear probe, then fine-tune)
+large          ``full_finetune``                ``scratch`` (or ``full_finetune``)
+=============  ==============================  ==========================================
+
+``lp_ft`` replaces the classic ``partial_finetune`` in the small/different cell: probing
+first keeps fine-tuning from distorting good features with a random head's gradients
+(Kumar et al., ICLR 2022). The cells are configurable (``strategy.*`` settings). This
+module is light to import (the CLI and the flows' parameter models read the names); the
+strategy objects that train are in :mod:`transferops.strategies`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from transferops.errors import InputError
 
-if TYPE_CHECKING:  # light to import: the CLI and the flows' parameter models read the names
-    from torch import nn
+if TYPE_CHECKING:
+    from transferops.config import Settings
 
-    from transferops.config import StrategyConfig
+STRATEGIES = ("feature_extraction", "partial_finetune", "full_finetune", "lp_ft", "scratch")
+CHOICES = ("auto", "search", *STRATEGIES)  # what a user may ask for
+PRETRAINED = frozenset(STRATEGIES) - {"scratch"}
 
-STRATEGIES = ("feature_extraction", "partial_finetune", "full_finetune", "scratch")
-CHOICES = ("auto", *STRATEGIES)  # what a user may ask for
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the ``auto`` rule reads; every field is measured on the target's train (+val) images."""
+
+    per_class: float  # train images per class
+    n_classes: int
+    probe_accuracy: float | None = None  # cross-validated linear probe on the source features
+    chance: float | None = None  # the probe's floor: always the most frequent class
+    logme: float | None = None  # LogME of the source features (You et al. 2021), logged beside the probe
+    shift_p_val: float | None = None  # input shift against the source profile (the drift stage's decision test)
+    shift_test: str | None = None
+    similarity: float | None = None  # the domain-classifier statistic, a drift figure, not a decision input
+    budget: str = "normal"
+
+    @property
+    def transferability(self) -> float | None:
+        """The probe's accuracy rescaled so chance is 0 and perfect is 1."""
+        if self.probe_accuracy is None or self.chance is None:
+            return None
+        return max(0.0, (self.probe_accuracy - self.chance) / max(1e-9, 1 - self.chance))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"transferability": self.transferability}
 
 
 @dataclass(frozen=True)
 class StrategyChoice:
-    """A chosen strategy and everything needed to apply and explain it."""
+    """A chosen strategy, its parameters and the plain-language reason."""
 
     name: str
     reason: str
-    pretrained: bool  # start from the source weights
-    freeze_blocks: int | None  # None: freeze every backbone block; 0: none
-    backbone_lr_mult: float  # backbone learning rate relative to the head's
-    size: str | None = None  # "small" / "large" when chosen automatically
-    similarity: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # freeze_blocks, lr, backbone_lr_mult, layer_decay, l2sp, ...
+    evidence: dict[str, Any] = field(default_factory=dict)
+    selection_seconds: float = 0.0  # measuring the evidence (or the search) cost this much
+    leaderboard: list[dict[str, Any]] | None = None  # --strategy search: every candidate's rungs
+
+    @property
+    def pretrained(self) -> bool:
+        return self.name in PRETRAINED
+
+    @property
+    def freeze_blocks(self) -> int | None:
+        """Backbone blocks kept frozen while fine-tuning; None: all of them."""
+        return self.params.get("freeze_blocks")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def strategy_by_name(name: str, *, n_blocks: int, cfg: StrategyConfig, backbone_lr_mult: float,
-                     reason: str | None = None, size: str | None = None,
-                     similarity: float | None = None) -> StrategyChoice:
-    """Build the choice for an explicitly named strategy."""
+def strategy_params(name: str, settings: "Settings", *, freeze_blocks: int | None = None) -> dict[str, Any]:
+    """The learning rates and freezing a strategy trains with, from the settings.
+
+    Pretrained blocks train at ``backbone_lr_mult`` times the head's rate: a random head
+    needs large steps, the source features small ones. ``full_finetune`` also lowers the
+    rate block by block towards the input (``layer_decay``) and may pull the weights
+    towards the source (``l2sp``). ``scratch`` trains everything at the head's rate.
+    """
     if name not in STRATEGIES:
-        raise InputError(f"unknown strategy '{name}'; choose one of: auto, {', '.join(STRATEGIES)}")
-    k = cfg.partial_freeze_blocks if cfg.partial_freeze_blocks is not None else n_blocks // 2
-    k = min(k, n_blocks)
-    table = {
-        "feature_extraction": (True, None, 1.0, "frozen backbone, only the new head trains"),
-        "partial_finetune": (True, k, 1.0, f"first {k} of {n_blocks} backbone blocks frozen, the rest and the new head train"),
-        "full_finetune": (True, 0, backbone_lr_mult, f"every layer trains from the source weights, backbone at {backbone_lr_mult:g}x the head's learning rate"),
-        "scratch": (False, 0, 1.0, "random initialisation, every layer trains"),
-    }
-    pretrained, freeze_blocks, mult, how = table[name]
-    return StrategyChoice(name, reason or f"chosen by name: {how}.", pretrained, freeze_blocks, mult, size, similarity)
+        raise InputError(f"unknown strategy '{name}'; choose one of: {', '.join(CHOICES)}")
+    t = settings.training
+    base: dict[str, Any] = {"lr": t.lr, "weight_decay": t.weight_decay}
+    if name == "feature_extraction":
+        return base | {"freeze_blocks": None, "cache": settings.strategy.cache_features}
+    if name == "partial_finetune":
+        return base | {"freeze_blocks": freeze_blocks, "backbone_lr_mult": t.backbone_lr_mult}
+    if name == "full_finetune":
+        return base | {"freeze_blocks": 0, "backbone_lr_mult": t.backbone_lr_mult, "layer_decay": t.layer_decay,
+                       "l2sp": t.l2sp}
+    if name == "lp_ft":
+        return base | {"freeze_blocks": 0, "backbone_lr_mult": t.backbone_lr_mult, "ft_lr_mult": t.lp_ft_lr_mult,
+                       "l2sp": t.l2sp}
+    return base | {"freeze_blocks": 0, "backbone_lr_mult": 1.0}
 
 
-def choose_strategy(per_class: float, similarity: float, *, n_blocks: int, cfg: StrategyConfig,
-                    backbone_lr_mult: float) -> StrategyChoice:
-    """The ``auto`` rule: small/large by train images per class, similar/different by similarity.
+def describe(name: str, params: dict[str, Any]) -> str:
+    """One clause saying what a strategy trains."""
+    k = params.get("freeze_blocks")
+    return {
+        "feature_extraction": "frozen backbone; only a new head is fitted, on cached features" if params.get("cache")
+        else "frozen backbone; only a new head trains",
+        "partial_finetune": f"the first {k} backbone blocks frozen, the rest and a new head train",
+        "full_finetune": (f"every layer trains from the source weights, the backbone at {params.get('backbone_lr_mult', 1):g}x "
+                          f"the head's rate, decaying {params.get('layer_decay', 1):g}x per block towards the input"
+                          + (f", L2-SP {params['l2sp']:g}" if params.get("l2sp") else "")),
+        "lp_ft": "a linear probe fits the head on frozen features, then every layer fine-tunes from it at a low rate",
+        "scratch": "random initialisation, every layer trains",
+    }[name]
 
-    >>> from transferops.config import StrategyConfig
-    >>> choose_strategy(50, 0.9, n_blocks=6, cfg=StrategyConfig(), backbone_lr_mult=0.1).name
+
+def choose_strategy(ev: Evidence, settings: "Settings") -> tuple[str, str]:
+    """The ``auto`` rule: (strategy name, reason) from size, transferability and budget.
+
+    >>> from transferops.config import Settings
+    >>> choose_strategy(Evidence(20, 5, probe_accuracy=0.95, chance=0.2), Settings())[0]
     'feature_extraction'
     """
-    small = per_class < cfg.small_max_per_class
-    similar = similarity >= cfg.similar_min_similarity
-    size = "small" if small else "large"
-    size_txt = (f"{per_class:.0f} training images per class is {size} "
+    cfg = settings.strategy
+    t = ev.transferability
+    if t is None:
+        raise InputError("the auto strategy needs the linear-probe accuracy of the source features; name a strategy instead")
+    small = ev.per_class < cfg.small_max_per_class
+    fits = t >= cfg.transferable_min
+    size_txt = (f"{ev.per_class:.0f} training images per class is {'small' if small else 'large'} "
                 f"({'under' if small else 'at least'} the {cfg.small_max_per_class} threshold)")
-    sim_txt = (f"similarity {similarity:.2f} to the source domain is {'similar' if similar else 'different'} "
-               f"({'at least' if similar else 'under'} the {cfg.similar_min_similarity:.2f} threshold)")
-    if small and similar:
-        name = "feature_extraction"
-        why = ("the source features already describe this data, and too few images would let a fine-tuned "
-               "backbone overfit, so only a new head is trained on frozen features")
+    fit_txt = (f"a linear probe on the source features reaches {ev.probe_accuracy:.2f} accuracy (chance {ev.chance:.2f}), "
+               f"transferability {t:.2f}, so the features {'fit' if fits else 'do not fit'} the target "
+               f"({'at least' if fits else 'under'} the {cfg.transferable_min:.2f} threshold)")
+    shift_txt = (f"; input shift against the source profile: {ev.shift_test} p={ev.shift_p_val:.3g}"
+                 if ev.shift_p_val is not None else "")
+    if ev.budget == "low":
+        name = "feature_extraction" if fits or small else "partial_finetune"
+        why = "the compute budget is low: the cheapest strategy that the size and fit allow"
+    elif small and fits:
+        name, why = cfg.small_fit, ("a head fitted on the frozen features is as good as it gets with this little "
+                                    "data, and fine-tuning would only overfit")
     elif small:
-        name = "partial_finetune"
-        why = ("the early blocks hold generic edges and textures worth keeping, but the later, source-specific "
-               "blocks must adapt; freezing the early ones keeps the trainable part small enough for the data")
-    elif similar:
-        name = "full_finetune"
-        why = ("there is enough data to adapt every layer without overfitting, and the source weights are a good "
-               "start, so everything trains with a lower learning rate for the backbone than for the head")
+        name, why = cfg.small_misfit, ("the features must adapt, but this little data would let a random head's "
+                                       "gradients distort them: probe first, then fine-tune gently")
+    elif fits:
+        name, why = cfg.large_fit, "there is enough data to adapt every layer, and the source weights are a good start"
     else:
-        name = cfg.large_different
-        why = ("there is enough data to learn the features anew and the source features transfer poorly, so "
-               + ("training starts from random weights" if name == "scratch" else
-                  "every layer is fine-tuned (configured instead of training from scratch)"))
-    reason = f"{size_txt}; {sim_txt}: {name} because {why}."
-    return strategy_by_name(name, n_blocks=n_blocks, cfg=cfg, backbone_lr_mult=backbone_lr_mult,
-                            reason=reason, size=size, similarity=similarity)
-
-
-def apply_strategy(model: "nn.Module", choice: StrategyChoice) -> "nn.Module":
-    """Freeze the blocks the strategy names; the head always stays trainable."""
-    from transferops.models import freeze
-
-    if choice.freeze_blocks is None:
-        return freeze(model)
-    if choice.freeze_blocks > 0:
-        return freeze(model, choice.freeze_blocks)
-    return model
-
-
-def n_blocks(model: "nn.Module") -> int:
-    """Number of backbone blocks that freezing counts in."""
-    from transferops.models import backbone_blocks
-
-    return len(backbone_blocks(model))
+        name, why = cfg.large_misfit, ("there is enough data to learn the features anew and the source features "
+                                       "transfer poorly")
+    return name, f"{size_txt}; {fit_txt}{shift_txt}: {name} because {why}."

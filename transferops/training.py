@@ -1,13 +1,15 @@
 """The training loop, in the shape of torchvision's references/classification/train.py.
 
 ``train_one_epoch`` and ``evaluate`` take everything as arguments and return
-metric dicts; ``fit`` adds early stopping and a per-epoch checkpoint it can
-resume from. Logging is the caller's job: pass ``on_epoch_end``.
+metric dicts; ``fit`` runs a step budget (:func:`plan_budget`) with a warm-up + cosine
+schedule, early stopping on the smoothed validation loss and a checkpoint it can resume
+from. Logging is the caller's job: pass ``on_epoch_end``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -37,20 +39,51 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters only: the head at ``lr``, the backbone at ``lr * backbone_lr_mult``.
+def make_optimizer(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0, *,
+                   layer_decay: float = 1.0, backbone_weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only, one group per backbone block.
 
+    The head trains at ``lr``; backbone block ``i`` of ``n`` at
+    ``lr * backbone_lr_mult * layer_decay ** (n - 1 - i)``: discriminative learning rates
+    (ULMFiT's, BEiT's layer decay), since early blocks hold generic features that need
+    smaller steps than late, source-specific ones. ``backbone_weight_decay`` overrides the
+    decay of backbone weights (0 when L2-SP pulls them towards the source instead of to 0).
     Frozen parameters never reach the optimizer, so freezing needs no special case.
     """
+    from transferops.models import _loose_parameters, backbone_blocks
+
     head_ids = {id(p) for p in head_parameters(model)}
-    params = trainable_parameters(model)
-    head = [p for p in params if id(p) in head_ids]
-    body = [p for p in params if id(p) not in head_ids]
-    groups = [g for g in ({"params": head, "lr": lr, "name": "head"},
-                          {"params": body, "lr": lr * backbone_lr_mult, "name": "backbone"}) if g["params"]]
+    blocks = backbone_blocks(model)
+    body_wd = weight_decay if backbone_weight_decay is None else backbone_weight_decay
+    groups = [{"params": [p for p in head_parameters(model) if p.requires_grad], "lr": lr, "weight_decay": weight_decay,
+               "name": "head"}]
+    seen = set(head_ids)
+    for i, (name, block) in enumerate(blocks):
+        params = [p for p in block.parameters() if p.requires_grad and id(p) not in seen]
+        if i == 0:  # class tokens and position embeddings move with the first block
+            params += [p for p in _loose_parameters(model, blocks) if p.requires_grad]
+        seen |= {id(p) for p in params}
+        rate = lr * backbone_lr_mult * layer_decay ** (len(blocks) - 1 - i)
+        groups.append({"params": params, "lr": rate, "weight_decay": body_wd, "name": f"backbone.{name}"})
+    rest = [p for p in trainable_parameters(model) if id(p) not in seen]  # anything the block walk missed
+    groups.append({"params": rest, "lr": lr * backbone_lr_mult, "weight_decay": body_wd, "name": "backbone.other"})
+    groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters; unfreeze something before training")
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def l2_sp(model: nn.Module, strength: float) -> Callable[[], torch.Tensor]:
+    """The L2-SP penalty (Li et al., ICML 2018): ``strength / 2 * ||w - w_source||^2`` over the
+    trainable backbone weights, so fine-tuning stays near the source instead of near zero."""
+    head_ids = {id(p) for p in head_parameters(model)}
+    pairs = [(p, p.detach().clone()) for p in trainable_parameters(model) if id(p) not in head_ids]
+
+    def penalty() -> torch.Tensor:
+        total = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in pairs)
+        return 0.5 * strength * total  # type: ignore[return-value]
+
+    return penalty
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -69,8 +102,13 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
                     device: torch.device, epoch: int, *, amp: bool = False, channels_last: bool = False,
-                    on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """One pass over ``data_loader``; returns mean loss, accuracy, images and seconds."""
+                    on_batch: Callable[[int, int], None] | None = None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+    """One pass over ``data_loader``; returns mean loss, accuracy, images, steps and seconds.
+
+    ``scheduler`` steps after every optimizer step; ``penalty`` is added to the loss.
+    """
     model.train()
     start = time.perf_counter()
     loss_sum, correct, n = 0.0, 0, 0
@@ -81,8 +119,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             output = model(images)
             loss = criterion(output, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + penalty() if penalty is not None else loss).backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         b = targets.shape[0]
         loss_sum += loss.item() * b
         correct += (output.argmax(1) == targets).sum().item()
@@ -91,7 +131,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             on_batch(i + 1, len(data_loader))
     if n == 0:
         raise ValueError("the train loader yielded no images; the train split is empty")
-    return {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n, "images": n,
+    return {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n, "images": n, "steps": len(data_loader),
             "seconds": time.perf_counter() - start}
 
 
@@ -123,68 +163,151 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, de
             "confusion": confusion.tolist()}
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long a training phase runs, in optimizer steps, and how often it is judged.
+
+    Counting epochs alone starves small datasets: 85 images at batch 64 are two steps an
+    epoch, so eight epochs are sixteen steps, far too few for a new head to converge. A
+    phase therefore runs ``max(epochs * steps_per_epoch, min_steps)`` steps, rounded up to
+    whole epochs, and is evaluated every ``eval_every`` epochs (about every
+    ``eval_every_steps`` steps), so a tiny dataset is not judged after every two steps.
+    """
+
+    steps_per_epoch: int
+    epochs: int
+    eval_every: int  # epochs between evaluations
+    min_steps: int  # early stopping never fires before half of this
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def as_dict(self) -> dict[str, int]:
+        return {"steps": self.steps, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
+                "eval_every_epochs": self.eval_every, "min_steps": self.min_steps}
+
+
+def plan_budget(n_train: int, batch_size: int, *, epochs: int, min_steps: int, eval_every_steps: int = 20) -> Budget:
+    """The step budget of one phase for ``n_train`` images (see :class:`Budget`).
+
+    >>> plan_budget(85, 64, epochs=8, min_steps=300).as_dict()["steps"]
+    300
+    >>> plan_budget(5000, 64, epochs=8, min_steps=300).epochs
+    8
+    """
+    spe = max(1, math.ceil(n_train / max(batch_size, 1)))
+    total_epochs = max(epochs, math.ceil(min_steps / spe))
+    return Budget(spe, total_epochs, max(1, round(eval_every_steps / spe)), min_steps)
+
+
+def small_batch(n_train: int, batch_size: int, min_steps_per_epoch: int = 4, floor: int = 8) -> int:
+    """The batch size for ``n_train`` images: at most ``batch_size``, small enough for
+    ``min_steps_per_epoch`` steps an epoch (85 images give batches of 22, not one of 64
+    and one of 21), never under ``floor`` so BatchNorm still sees a batch."""
+    batch = max(min(batch_size, math.ceil(n_train / min_steps_per_epoch)), min(floor, batch_size))
+    # a last batch of one image fails BatchNorm in training mode ("more than 1 value per channel")
+    return batch + 1 if n_train % batch == 1 and n_train > 1 else batch
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to zero (the
+    torchvision references' ``lr_warmup`` + ``cosineannealinglr``), per optimizer step."""
+    warm = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
 @dataclass
 class FitResult:
-    """What ``fit`` leaves: per-epoch history, the best epoch and whether it stopped early."""
+    """What ``fit`` leaves: per-evaluation history, the best evaluation and why it stopped."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = -1
-    best_accuracy: float = -1.0
+    best_accuracy: float = -1.0  # val accuracy of the kept weights
+    best_loss: float = math.inf  # smoothed val loss of the kept weights
     stopped_early: bool = False
     resumed_from: int | None = None
+    steps: int = 0
+    budget: dict[str, int] | None = None  # the plan it ran under (Budget.as_dict() and the batch size)
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader, val_loader: DataLoader, *,
-        num_classes: int, device: torch.device, epochs: int, patience: int, amp: bool = False,
-        channels_last: bool = False, checkpoint_path: Path | None = None,
+        num_classes: int, device: torch.device, budget: Budget, patience: int, smoothing: float = 0.6,
+        warmup_fraction: float = 0.05, amp: bool = False, channels_last: bool = False,
+        penalty: Callable[[], torch.Tensor] | None = None, phase: str = "train", step_offset: int = 0,
+        checkpoint_path: Path | None = None, checkpoint_interval_s: float = 30.0,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         on_batch: Callable[[int, int], None] | None = None) -> FitResult:
-    """Train with early stopping on validation accuracy; the model ends with its best weights.
+    """Train for ``budget`` with a warm-up + cosine schedule; the model ends with its best weights.
 
-    After every epoch the full state (model, optimizer, history, best weights, RNG)
-    goes to ``checkpoint_path``; calling ``fit`` again with the same path resumes
-    after the last finished epoch.
+    Early stopping and the choice of the kept weights read the validation *loss*,
+    smoothed over evaluations (an exponential moving average with factor ``smoothing``):
+    with 15 validation images accuracy moves in steps of 7 points and stops a run at
+    random, while the loss is continuous. Training stops after ``patience`` evaluations
+    without a better smoothed loss, never before half of ``budget.min_steps``.
+
+    ``penalty`` (e.g. L2-SP) is added to every step's loss. The full state goes to
+    ``checkpoint_path`` at an evaluation at most every ``checkpoint_interval_s`` seconds
+    (and at the last one); calling ``fit`` again with the same path resumes after it.
     """
     criterion = nn.CrossEntropyLoss()
     model.to(device)
     if channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(budget.steps, warmup_fraction))
     result = FitResult()
-    best_state = None
-    bad_epochs = 0
-    start_epoch = 0
+    best_state, bad_evals, smoothed, start_epoch = None, 0, None, 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        result = ckpt["result"]
-        best_state, bad_epochs = ckpt["best_state"], ckpt["bad_epochs"]
+        scheduler.load_state_dict(ckpt["scheduler"])
+        result, best_state, bad_evals, smoothed = ckpt["result"], ckpt["best_state"], ckpt["bad_evals"], ckpt["smoothed"]
         torch.set_rng_state(ckpt["rng"])
-        train_loader.generator.set_state(ckpt["loader_rng"]) if train_loader.generator is not None else None
+        if train_loader.generator is not None:
+            train_loader.generator.set_state(ckpt["loader_rng"])
         start_epoch = ckpt["epoch"] + 1
         result.resumed_from = ckpt["epoch"]
-    for epoch in range(start_epoch, epochs):
+    last_save = time.monotonic()
+    for epoch in range(start_epoch, budget.epochs):
         if result.stopped_early:
             break
-        train_m = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch,
-                                  amp=amp, channels_last=channels_last, on_batch=on_batch)
+        train_m = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, amp=amp,
+                                  channels_last=channels_last, on_batch=on_batch, scheduler=scheduler, penalty=penalty)
+        result.steps += train_m["steps"]
+        last = epoch == budget.epochs - 1
+        if (epoch + 1) % budget.eval_every and not last:
+            continue
         val_m = evaluate(model, criterion, val_loader, device, num_classes=num_classes, amp=amp, channels_last=channels_last)
-        row = {"epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-               "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"], "val_macro_f1": val_m["macro_f1"],
-               "seconds": train_m["seconds"], "images_per_second": train_m["images"] / max(train_m["seconds"], 1e-9)}
+        smoothed = val_m["loss"] if smoothed is None else smoothing * smoothed + (1 - smoothing) * val_m["loss"]
+        row = {"epoch": epoch, "step": step_offset + result.steps, "phase": phase, "train_loss": train_m["loss"],
+               "train_accuracy": train_m["accuracy"], "val_loss": val_m["loss"], "val_loss_smoothed": smoothed,
+               "val_accuracy": val_m["accuracy"], "val_macro_f1": val_m["macro_f1"],
+               "lr": optimizer.param_groups[0]["lr"], "seconds": train_m["seconds"],
+               "images_per_second": train_m["images"] / max(train_m["seconds"], 1e-9)}
         result.history.append(row)
-        if val_m["accuracy"] > result.best_accuracy:
-            result.best_accuracy, result.best_epoch, bad_epochs = val_m["accuracy"], epoch, 0
+        if smoothed < result.best_loss - 1e-6:
+            result.best_loss, result.best_accuracy, result.best_epoch, bad_evals = smoothed, val_m["accuracy"], epoch, 0
             # a copy on CPU: the live tensors keep changing
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
-            bad_epochs += 1
-            result.stopped_early = bad_epochs >= patience
-        if checkpoint_path is not None:
+            bad_evals += 1
+            result.stopped_early = bad_evals >= patience and result.steps >= budget.min_steps // 2 and not last
+        due = last or result.stopped_early or time.monotonic() - last_save >= checkpoint_interval_s
+        if checkpoint_path is not None and due:
             _save_checkpoint(Path(checkpoint_path), {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "result": result,
-                "best_state": best_state, "bad_epochs": bad_epochs, "rng": torch.get_rng_state(),
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "result": result, "best_state": best_state,
+                "bad_evals": bad_evals, "smoothed": smoothed, "rng": torch.get_rng_state(),
                 "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None})
+            last_save = time.monotonic()
         if on_epoch_end:
             on_epoch_end(row)
     if best_state is not None:

@@ -278,11 +278,22 @@ def status_cmd(state: State, out: Output) -> None:
                          "strategy": t.get("transferops.strategy", ""), "backbone": t.get("transferops.backbone", ""),
                          "test_accuracy": t.get("transferops.test_accuracy", ""),
                          "similarity": t.get("transferops.source_similarity", ""),
-                         "data_rev": t.get("transferops.data_rev", "")[:12], "run_id": v.run_id})
+                         "data_rev": t.get("transferops.data_rev", "")[:12], "run_id": v.run_id,
+                         "strategy_params": t.get("transferops.strategy_params", ""),
+                         "strategy_reason": t.get("transferops.strategy_reason", "")})
     if not rows and not out.json:
         out.print(f"No registered models in {s.resolved_tracking_uri}; run `transferops train` or `transferops demo`.")
         return
-    out.result(rows, f"Registry at {s.resolved_tracking_uri}")
+    if out.json:
+        out.result(rows)
+        return
+    wide = ("strategy_params", "strategy_reason")
+    out.result([{k: v for k, v in r.items() if k not in wide} for r in rows], f"Registry at {s.resolved_tracking_uri}")
+    # the why of each aliased version: the table would be unreadable with it
+    for r in rows:
+        if r["aliases"] and r["strategy_reason"]:
+            out.print(f"[bold]{r['model']} v{r['version']}[/] ({r['aliases']}): {r['strategy']} "
+                      f"{r['strategy_params']}\n  {r['strategy_reason']}")
 
 
 @command(cli, "sample", "write a bundled sample dataset (offline, deterministic) as an ImageFolder tree")

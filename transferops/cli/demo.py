@@ -3,7 +3,8 @@
 1. Source domain with plenty of data: 3,000 typeset digits (generated).
 2. Develop a source model on it (resnet18 from scratch), register it with its profile.
 3. Target domain, small and different but related: scikit-learn's 1,797 real handwritten digits.
-4. Train with ``strategy=auto``: drift and similarity against the source profile pick the strategy.
+4. Train with ``strategy=auto``: size and a linear probe of the source features pick the strategy;
+   a same-budget scratch baseline shows what transfer brought (start, slope, asymptote).
 5. Train a second challenger with plain feature extraction on the same data version;
    it is evaluated against the champion on the same held-out split.
 6. Show the registry: versions, aliases, strategies, data revisions.
@@ -65,9 +66,11 @@ def run_demo(workdir: Path, say: Callable[[str], None] | None = None) -> dict[st
     champion = registry.alias_version(settings, settings.model_name, registry.CHAMPION)
     runs = [
         {"run": source["run_name"], "model": f"{source['model']} v{source['version']}", "strategy": "scratch (source)",
-         "similarity": None, "test_accuracy": source["test_accuracy"], "promoted": "champion (source)"},
+         "transferability": None, "test_accuracy": source["test_accuracy"], "vs_scratch": None,
+         "promoted": "champion (source)"},
         *({"run": r["run_name"], "model": f"{r['model']} v{r['version']}", "strategy": r["strategy"],
-           "similarity": r["similarity"], "test_accuracy": r["test_accuracy"],
+           "transferability": r["strategy_evidence"].get("transferability"), "test_accuracy": r["test_accuracy"],
+           "vs_scratch": (r["transfer_benefit"] or {}).get("asymptote"),
            "promoted": "champion" if r["promoted"] else "challenger only"} for r in (auto, fe)),
     ]
     summary = {
@@ -98,11 +101,12 @@ def _write_index(workdir: Path, summary: dict[str, Any]) -> None:
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
     """The summary as a table and a few lines."""
     table = Table(title="transferops demo")
-    for col in ("run", "model", "strategy", "similarity", "test_accuracy", "promoted"):
+    for col in ("run", "model", "strategy", "transferability", "test_accuracy", "val acc vs scratch", "promoted"):
         table.add_column(col)
     for r in summary["runs"]:
-        table.add_row(r["run"], r["model"], r["strategy"], "" if r["similarity"] is None else f"{r['similarity']:.3f}",
-                      f"{r['test_accuracy']:.3f}", r["promoted"])
+        table.add_row(r["run"], r["model"], r["strategy"],
+                      "" if r["transferability"] is None else f"{r['transferability']:.3f}", f"{r['test_accuracy']:.3f}",
+                      "" if r["vs_scratch"] is None else f"{100 * r['vs_scratch']:+.1f} pts", r["promoted"])
     console.print(table)
     console.print(f"[bold]Champion:[/] {summary['champion']}  (load with {summary['champion_uri']})")
     console.print(f"[bold]Why:[/] {summary['strategy_reason']}")
