@@ -48,9 +48,18 @@ def test_feature_extraction_learns_a_separable_task_on_the_cache(setup, tmp_path
     s, images, src = setup
     choice = pick_strategy(s, "feature_extraction", src, images, DriftOutcome(None, "n/a"))
     trained = train_model(s, src, choice, images, tmp_path / "fe.pt", progress=False)
-    # random source weights still separate coloured shapes linearly: a converged head finds it
-    assert evaluate_on_test(s, trained.model, src.weights, images)["accuracy"] > 0.8
-    assert trained.fit.history[0]["cached"], "the second fit on the same data reads the cache"
+    # random source weights still carry colour and shape: far above chance (1/3) on 3 classes
+    assert evaluate_on_test(s, trained.model, src.weights, images)["accuracy"] > 0.5
+    again = train_model(s, src, choice, images, tmp_path / "fe2.pt", progress=False)
+    assert again.fit.history[0]["cached"], "the second fit on the same data reads the cache"
+    # the fitted head is the model's head: its logits are the probe's on the same features
+    head = trained.extra["probe"]
+    feats = cached_features(s.state_dir / "features", trained.model, src.weights, images.split("train"),
+                            images.class_to_idx, batch_size=16, device=torch.device("cpu"), extra_key=src.backbone)
+    with torch.no_grad():
+        layer = trained.model.fc
+        logits = layer(torch.as_tensor(feats.head)).softmax(1).numpy()
+    assert np.allclose(logits, head.predict_proba(feats.head), atol=1e-4)
 
 
 def test_the_feature_cache_is_keyed_by_records_and_weights(setup, tmp_path):
