@@ -19,7 +19,7 @@ def test_engine_fine_tune_on_cuda_reaches_the_cpu_accuracy(tmp_path):
     from transferops.engine import evaluate_on_test, train_model
     from transferops.samples import write_shapes
     from transferops.sources import scratch_source
-    from transferops.strategy import strategy_by_name
+    from transferops.strategy import StrategyChoice, strategy_params
 
     images = scan_dataset(write_shapes(tmp_path / "shapes", per_class=80, classes=3, seed=0))
     accuracy = {}
@@ -28,7 +28,7 @@ def test_engine_fine_tune_on_cuda_reaches_the_cpu_accuracy(tmp_path):
         s.training.device, s.training.epochs, s.training.patience = device, 10, 10
         s.training.batch_size, s.training.lr = 16, 3e-3
         src = scratch_source(images, "resnet18", 32)
-        choice = strategy_by_name("scratch", n_blocks=0, cfg=s.strategy, backbone_lr_mult=1.0)
+        choice = StrategyChoice("scratch", "GPU test", strategy_params("scratch", s))
         trained = train_model(s, src, choice, images, tmp_path / device / "ckpt.pt", progress=False)
         assert next(trained.model.parameters()).device.type == device
         if device == "cuda":  # the CUDA path is the fast one: NHWC weights under bf16 autocast
