@@ -167,7 +167,8 @@ def choose_freeze_blocks(settings: "Settings", src: "SourceModel", images: "Imag
     """
     from transferops.probe import probe_accuracy
 
-    n_blocks = len(_block_names(src))
+    names = _block_names(src)  # builds the network once; the features below come in the same order
+    n_blocks = len(names)
     fixed = settings.strategy.partial_freeze_blocks
     if fixed is not None:
         k = min(fixed, n_blocks)
@@ -175,7 +176,7 @@ def choose_freeze_blocks(settings: "Settings", src: "SourceModel", images: "Imag
     feats = _source_features(settings, src, images, blocks=True)
     n = len(images.classes)
     scores = [{"block": name, "probe_accuracy": probe_accuracy(feats.layers[name], feats.labels, n, seed=settings.training.seed)}
-              for name in _block_names(src)]
+              for name in names]
     best = max(range(len(scores)), key=lambda i: (round(scores[i]["probe_accuracy"], 3), i))  # ties: the deeper block
     k = max(1, min(best + 1, n_blocks - 1))
     last = scores[-1]
