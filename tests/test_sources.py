@@ -85,19 +85,21 @@ def test_source_from_profile(tmp_path, source_bundle):
         source_from_profile(p)
 
 
-def test_auto_needs_a_similarity_and_says_how_to_get_one(tmp_path, source_bundle, shapes_dir):
+def test_auto_decides_without_a_source_profile_and_records_the_shift_with_one(tmp_path, source_bundle, shapes_dir):
+    # auto reads a linear probe on the source features, so a source without a profile is enough
     settings = load_settings(tmp_path)
     src = open_source(parse_source(str(source_bundle)))
     images = scan_dataset(shapes_dir)
     no_profile = DriftOutcome(None, f"source {src.uri} has no profile")
-    with pytest.raises(InputError, match="strategy 'auto' needs a source similarity.*--source-profile"):
-        pick_strategy(settings, "auto", src, images, no_profile)
-    # a named strategy needs no similarity
+    choice = pick_strategy(settings, "auto", src, images, no_profile)
+    assert choice.name in ("feature_extraction", "lp_ft", "full_finetune", "scratch")
+    assert choice.evidence["similarity"] is None and choice.evidence["probe_accuracy"] is not None
+    assert "training images per class" in choice.reason and "transferab" in choice.reason
     assert pick_strategy(settings, "partial_finetune", src, images, no_profile).name == "partial_finetune"
     drift = measure_drift(settings, src, images)
     assert drift.report is not None and 0 <= drift.similarity <= 1
     choice = pick_strategy(settings, "auto", src, images, drift)
-    assert choice.similarity == drift.similarity and choice.size == "small" and "training images per class" in choice.reason
+    assert choice.evidence["similarity"] == drift.similarity and choice.evidence["shift_p_val"] is not None
 
 
 def test_measuring_drift_without_a_profile_gives_the_reason(tmp_path, source_bundle, shapes_dir):
