@@ -82,17 +82,20 @@ def make_tree(work: Path, role: str, spec: fashion.TreeSpec) -> Path:
                               lambda: fmnist("test"))
 
 
-def run_scenario(sc: dict[str, Any], s0: Any, src: Any, store: runs.RunStore, ctx: dict[str, Any]) -> str:
+def run_scenario(sc: dict[str, Any], s0: Any, src: Any, store: runs.RunStore, ctx: dict[str, Any]) -> tuple[str, str]:
     """Drift, every strategy per seed, then each selection mode per seed, skipping finished records;
-    returns the scenario's config hash."""
+    returns the scenario's config hashes (training records, selection records)."""
     from transferops.assessment import measure_drift, pick_strategy
     from transferops.data import scan_dataset
     from transferops.strategy import STRATEGIES
 
     spec = fashion.TreeSpec(TARGET_CLASSES, sc["n_train"], sc["n_val"], ctx["test_cap"], sc["domain"])
     tree = make_tree(ctx["work"], "target", spec)
-    config = runs.digest({"settings": runs.fingerprint(s0), "tree": spec.as_dict(), "source": ctx["source_key"],
-                          "commit": ctx["git"]["commit"], "device": ctx["device"]})
+    # named runs and drift: keyed on what trains them (--train-commit may pin an earlier commit);
+    # selections: on everything, the auto rule included
+    common = {"tree": spec.as_dict(), "source": ctx["source_key"], "device": ctx["device"]}
+    config = runs.digest(common | {"settings": runs.fingerprint(s0, drop_rule=True), "commit": ctx["train_commit"]})
+    sel_config = runs.digest(common | {"settings": runs.fingerprint(s0), "commit": ctx["git"]["commit"]})
     images = scan_dataset(tree, s0.data.val_fraction, s0.data.test_fraction)
     name, base, folder = sc["name"], {"scenario": sc["name"], "config": config}, ctx["work"] / "tmp" / "run"
     box: list[Any] = []
@@ -123,7 +126,7 @@ def run_scenario(sc: dict[str, Any], s0: Any, src: Any, store: runs.RunStore, ct
                 f"{'' if res['steps'] is None else ', ' + str(res['steps']) + ' steps'}, {res['seconds']:.1f} s")
     for mode in ctx["modes"]:
         for seed in sc["seeds"]:
-            if store.get("select", name, mode, seed, config):
+            if store.get("select", name, mode, seed, sel_config):
                 continue
             d, s = drift(), runs.with_seed(s0, seed)
             s_cold = runs.cold(s, folder)  # the selection's probes start without cached features too
@@ -135,7 +138,7 @@ def run_scenario(sc: dict[str, Any], s0: Any, src: Any, store: runs.RunStore, ct
             oracle = store.get("run", name, choice.name, seed, config)
             differs = runs.same_training(cd, oracle["choice"]) if oracle else ["no oracle run of this strategy"]
             res = oracle if not differs else runs.train_and_test(s, src, choice, images, folder)
-            store.add(base | {"kind": "select", "name": mode, "seed": seed, "pick": choice.name,
+            store.add(base | {"config": sel_config, "kind": "select", "name": mode, "seed": seed, "pick": choice.name,
                               "reason": choice.reason, "choice": cd, "selection_seconds": sel_s,
                               "selection_seconds_attr": getattr(choice, "selection_seconds", None),
                               "reused": not differs, "differs_in": differs, "accuracy": res["accuracy"],
@@ -145,7 +148,7 @@ def run_scenario(sc: dict[str, Any], s0: Any, src: Any, store: runs.RunStore, ct
             log(f"{name}: {mode} seed {seed} picks {choice.name} in {sel_s:.2f} s "
                 f"({'oracle run reused' if not differs else 'trained: differs in ' + ', '.join(differs)}): "
                 f"accuracy {res['accuracy']:.4f}")
-    return config
+    return config, sel_config
 
 
 def environment(s: Any, threads: int, git: dict[str, Any], load_start: tuple[float, ...]) -> dict[str, Any]:
@@ -167,7 +170,9 @@ def environment(s: Any, threads: int, git: dict[str, Any], load_start: tuple[flo
             "platform": platform.platform(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": threads, "device": dev.type, "device_name": name,
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
-            "transferops_commit": git["commit"], "transferops_dirty": git["dirty"]}
+            "transferops_commit": git["commit"], "transferops_dirty": git["dirty"],
+            "train_commit": git.get("train_commit", git["commit"]),
+            "changed_since_train_commit": git.get("changed_since_train_commit", [])}
 
 
 def parse_args() -> argparse.Namespace:
@@ -191,6 +196,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", default=None, help="selection modes to measure (default: auto, and search "
                                                  "when the core has it; search costs about as much as the oracle)")
     p.add_argument("--no-resume", action="store_true", help="ignore finished runs in <workdir>/runs.jsonl")
+    p.add_argument("--train-commit", default=None,
+                   help="key the source and the named runs on this earlier commit, to re-measure only the "
+                        "selections after a change to the auto rule alone (default: HEAD; the files under "
+                        "transferops/ changed since are logged and kept in the JSON)")
     return p.parse_args()
 
 
@@ -218,6 +227,12 @@ def main() -> None:
     s0 = runs.with_overrides(load_settings(work), OVERRIDES, cfg["overrides"],
                         {"training": {"epochs": args.epochs}} if args.epochs else {})
     git = runs.git_state()
+    train_commit = git["commit"]
+    if args.train_commit:
+        git["changed_since_train_commit"] = runs.changed_since(args.train_commit)
+        train_commit = git["train_commit"] = runs.git_state_of(args.train_commit)
+        log(f"named runs keyed on {train_commit[:10]}; transferops/ files changed since: "
+            f"{', '.join(git['changed_since_train_commit']) or 'none'}")
     n_train, n_val = args.source_train or cfg["source"][0], args.source_val or cfg["source"][1]
     test_cap = args.test_cap or cfg["test_cap"]
     src_epochs = args.source_epochs or cfg["source_epochs"]
@@ -232,9 +247,11 @@ def main() -> None:
         src_spec = fashion.TreeSpec(SOURCE_CLASSES, n_train, n_val, test_cap, "clean")
         src_tree = make_tree(work, "source", src_spec)
         source_key = runs.digest({"tree": src_spec.as_dict(), "backbone": BACKBONE, "image_size": IMAGE_SIZE,
-                                  "settings": runs.fingerprint(s_src, drop_seed=False), "commit": git["commit"]})
+                                  "settings": runs.fingerprint(s_src, drop_seed=False, drop_rule=True),
+                                  "commit": train_commit})
         src, source_info = runs.ensure_source(s_src, src_tree, work / "source" / source_key, BACKBONE, IMAGE_SIZE)
         ctx = {"work": work, "test_cap": test_cap, "source_key": source_key, "git": git, "modes": modes,
+               "train_commit": train_commit,
                "device": resolve_device(s0.training.device).type}
         store = runs.RunStore(work / "runs.jsonl", resume=not args.no_resume)
         scenarios = [{"name": f"{size}-{dom}", "size": size, "domain": dom, "n_train": nt, "n_val": nv,
@@ -245,7 +262,7 @@ def main() -> None:
     except fashion.MissingData as e:
         raise SystemExit(str(e)) from None
 
-    rows = [r for r in store.rows.values() if configs.get(r["scenario"]) == r["config"]]
+    rows = [r for r in store.rows.values() if r["config"] in configs.get(r["scenario"], ())]
     summary = summarise(rows, scenarios, STRATEGIES, modes)
     shutil.rmtree(work / "tmp", ignore_errors=True)
     env = environment(s0, args.threads, git, load_start)
@@ -270,6 +287,7 @@ def write_outputs(out: Path, env: dict[str, Any], source: dict[str, Any], plan: 
               f"on {source['test_images']} images. Targets: classes 5-9 under each domain shift, "
               f"{plan['test_cap_per_class'] or 'all 1,000'} test images per class. "
               f"{env['cpu_count']} CPUs, {env['device']}, torch {env['torch']}, commit {env['transferops_commit'][:10]}"
+              f"{'' if env['train_commit'] == env['transferops_commit'] else ' (source and named runs: ' + env['train_commit'][:10] + ')'}"
               f"{' + uncommitted changes' if env['transferops_dirty'] else ''}; drift + training + test of all "
               f"records {run_s / 60:.1f} min.")]
     footer = [("Cells: test accuracy in % (mean ± std over seeds; best in bold) and seconds of pick_strategy + "

@@ -67,12 +67,20 @@ def with_seed(s: Settings, seed: int) -> Settings:
     return with_overrides(s, {"training": {"seed": seed}})
 
 
-def fingerprint(s: Settings, drop_seed: bool = True) -> dict[str, Any]:
-    """The settings that can change a result (data, training, strategy, drift), without paths."""
+# The auto rule's settings: they change what auto picks, never how a named strategy trains.
+RULE_FIELDS = ("small_max_per_class", "transferable_min", "small_fit", "small_misfit", "large_fit",
+               "large_misfit", "budget")
+
+
+def fingerprint(s: Settings, drop_seed: bool = True, drop_rule: bool = False) -> dict[str, Any]:
+    """The settings that can change a result (data, training, strategy, drift), without paths;
+    ``drop_rule`` leaves out the auto rule's settings (for records of named runs)."""
     d = s.model_dump(mode="json")
     out = {k: d[k] for k in ("data", "training", "strategy", "drift")}
     if drop_seed:  # the seed is part of a run's key on its own
         out["training"] = {k: v for k, v in out["training"].items() if k != "seed"}
+    if drop_rule:
+        out["strategy"] = {k: v for k, v in out["strategy"].items() if k not in RULE_FIELDS}
     return out
 
 
@@ -87,6 +95,24 @@ def git_state() -> dict[str, Any]:
             return ""
     return {"commit": git("rev-parse", "--verify", "-q", "HEAD") or "unknown",
             "dirty": bool(git("status", "--porcelain", "--", "transferops"))}
+
+
+def git_state_of(rev: str) -> str:
+    """The full hash of ``rev``."""
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", f"{rev}^{{commit}}"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def changed_since(commit: str) -> list[str]:
+    """Files under transferops/ that differ between ``commit`` and the work tree; raises
+    SystemExit when git does not know the commit."""
+    res = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "-q", f"{commit}^{{commit}}"],
+                         capture_output=True, text=True, check=False)
+    if res.returncode:
+        raise SystemExit(f"--train-commit {commit}: git does not know this commit; give one from `git log`")
+    diff = subprocess.run(["git", "-C", str(REPO), "diff", "--name-only", commit, "--", "transferops"],
+                          capture_output=True, text=True, check=True)
+    return diff.stdout.split()
 
 
 def choice_dict(choice: Any) -> dict[str, Any]:
@@ -106,7 +132,8 @@ class RunStore:
     """Finished records, one JSON object per line; a rerun skips what is already there.
 
     A record's key is (kind, scenario, name, seed, config): config hashes the settings, data,
-    source model and transferops commit, so any change there runs things again. A line cut
+    source model and transferops commit, so any change there runs things again (training
+    records may name an earlier commit: ``--train-commit``). A line cut
     short by an interruption is ignored.
     """
 
