@@ -6,12 +6,12 @@ never reaches ``data.dvc``, the DVC remote or the registry.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow
 from pydantic import BaseModel, Field, model_validator
 
-from flows.common import open_run, prepare_data
+from flows.common import PreparedData, RunContext, open_run, prepare_data
 from tasks import modeling, registry, versioning
 from tasks.tracking import tracked_run
 from transferops.engine import checkpoint_key, input_example
@@ -47,11 +47,20 @@ class TrainParams(BaseModel):
 def train(params: TrainParams) -> dict:
     """Train a challenger from a source model and register it; move ``champion`` if it wins."""
     ctx = open_run(params.project_dir, params.config_file, params.run_name, "train", params.epochs)
-    s = ctx.settings
     # 1-2. validate and version new data, or check out an existing version and validate it again
     data = prepare_data(ctx, source=params.data, rev=params.data_rev, allow_class_change=params.allow_class_change)
+    return train_version(ctx, data, params)
+
+
+def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow_name: str = "train",
+                  trigger: dict[str, Any] | None = None) -> dict:
+    """Steps 3-7 on a prepared data version: the body the train and retrain flows share.
+    ``trigger`` (what started a retrain) goes into the run's tags and the version's lineage."""
+    s = ctx.settings
     version, images = data.version, data.images
-    with tracked_run(s, ctx.run_name, {"transferops.flow": "train", "transferops.data_rev": version.rev}) as run:
+    tags = {"transferops.flow": flow_name, "transferops.data_rev": version.rev}
+    tags |= {f"transferops.trigger.{k}": str(v)[:250] for k, v in (trigger or {}).items()}
+    with tracked_run(s, ctx.run_name, tags) as run:
         # 3-4. drift against the source domain, then the reuse strategy
         src = modeling.resolve_source(s, params.source, params.backbone, params.source_profile)
         drift = modeling.measure_drift(s, src, images)
@@ -86,7 +95,7 @@ def train(params: TrainParams) -> dict:
                           git_sha=versioning.code_git_sha(), test_accuracy=metrics["accuracy"],
                           classes=tuple(images.classes), similarity=drift.similarity,
                           drift_p_val=drift.result.p_val if drift.result else None,
-                          drift_note="" if drift.report else drift.reason)
+                          drift_note="" if drift.report else drift.reason, trigger=trigger)
         tags = lineage.tags()
         bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})

@@ -213,3 +213,27 @@ def fetch_bundle(settings: Settings, uri: str, dest: Path) -> Path:
     local = c.download_artifacts(mv.run_id, "bundle", str(dest))
     return Path(local)
 
+
+
+# Registered-model tag values are capped at 5,000 characters by MLflow's stores.
+TAG_LIMIT = 5000
+
+
+def set_model_tag(settings: Settings, name: str, key: str, value: Any) -> None:
+    """Set a tag on the registered model (JSON for anything but a string), refusing values over
+    MLflow's cap instead of letting the store cut them."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
+    if len(text) > TAG_LIMIT:
+        raise RegistryError(f"tag {key} of {name} would hold {len(text)} characters (MLflow keeps {TAG_LIMIT}); "
+                            "store less in it")
+    client(settings).set_registered_model_tag(name, key, text)
+
+
+def model_tags(settings: Settings, name: str) -> dict[str, str]:
+    """The registered model's tags, or {} when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client(settings).get_registered_model(name).tags or {})
+    except MlflowException:
+        return {}

@@ -15,7 +15,7 @@ S = Settings(strategy=StrategyConfig(small_max_per_class=100, transferable_min=0
 
 @pytest.mark.parametrize("per_class,probe,expected", [
     (20, 0.95, "feature_extraction"),  # small, the features fit
-    (20, 0.50, "lp_ft"),  # small, they do not
+    (20, 0.50, "full_finetune"),  # small, they do not
     (1000, 0.95, "full_finetune"),  # large, fit
     (1000, 0.50, "scratch"),  # large, misfit
 ])

@@ -272,7 +272,30 @@ def export_bundle(settings: "Settings", model: "nn.Module", src: "SourceModel", 
                            meta={"backbone": src.backbone, "weights": str(bundle.path), "data": str(images.root),
                                  "transforms": transforms_spec(src.weights)})
     profile.save(bundle.path / "profile.npz")
+    write_calibration(settings, model, src, images, bundle.path)
     return bundle.path
+
+
+def write_calibration(settings: "Settings", model: "nn.Module", src: "SourceModel", images: "ImageSet",
+                      folder: Path) -> Path | None:
+    """Fit the accuracy estimate the monitor uses on the held-out images (val and test: the model
+    never trained on either) and store it beside the model; None when there are too few."""
+    import json
+
+    from transferops.drift.profile import build_profile
+    from transferops.estimate import MIN_CALIBRATION, fit_calibration
+    from transferops.monitoring import CALIBRATION_FILE
+    from transferops.training import resolve_device
+
+    held = images.split("val") + images.split("test")
+    if len(held) < MIN_CALIBRATION:
+        return None
+    out = build_profile(model, held, images.class_to_idx, src.weights, size=len(held),
+                        batch_size=settings.training.batch_size, device=resolve_device(settings.training.device))
+    cal = fit_calibration(out.probs, out.labels, method=settings.monitor.estimator)
+    path = folder / CALIBRATION_FILE
+    path.write_text(json.dumps(cal.as_dict(), indent=1))
+    return path
 
 
 def input_example(weights: "Weights", images: "ImageSet") -> "np.ndarray":

@@ -33,6 +33,7 @@ class Lineage:
     drift_p_val: float | None = None
     drift_note: str = ""  # why similarity and p-value are missing, when they are
     strategy_params: dict[str, Any] | None = None  # k, learning rates, L2-SP... as the strategy trained
+    trigger: dict[str, Any] | None = None  # what started a retrain: event id, monitor run, statistics
 
     def tags(self) -> dict[str, str]:
         """The tags of the registered version (values within MLflow's limit)."""
@@ -46,5 +47,7 @@ class Lineage:
             "drift_p_val": f"{self.drift_p_val:.6f}" if self.drift_p_val is not None else na,
             "strategy_params": json.dumps(self.strategy_params or {}, sort_keys=True, default=str),
         }
+        if self.trigger:
+            tags["trigger"] = json.dumps(self.trigger, sort_keys=True, default=str)
         # the class list stays whole: a cut JSON list would be unreadable (data checks parse it)
         return {PREFIX + k: v if k == "classes" else v[:MAX_TAG] for k, v in tags.items()}

@@ -16,10 +16,12 @@ Built on **click**, chosen over argparse and typer:
   depends on it through typer) and is stated in pyproject's dependencies.
 
 Layout: :mod:`transferops.cli.app` (the commands and :func:`main`), :mod:`transferops.cli.output`
-(stdout/stderr discipline, tables, error reporting), :mod:`transferops.cli.demo` (the demo story).
+(stdout/stderr discipline, tables, error reporting), :mod:`transferops.cli.demo` (the demo story),
+:mod:`transferops.cli.loop` (the monitoring loop's commands).
 Exit codes are in :mod:`transferops.errors` and in ``transferops --help``.
 """
 
+from transferops.cli import loop  # noqa: F401,E402  (registers monitor, retrain, deploy and serve)
 from transferops.cli.app import cli, main
 
 __all__ = ["cli", "main"]

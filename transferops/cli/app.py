@@ -284,16 +284,45 @@ def status_cmd(state: State, out: Output) -> None:
     if not rows and not out.json:
         out.print(f"No registered models in {s.resolved_tracking_uri}; run `transferops train` or `transferops demo`.")
         return
+    loop = _loop_status(s) if any("champion" in r["aliases"] and r["model"] == s.model_name for r in rows) else {}
+    for r in rows:  # the loop's state belongs to the model; its champion row carries it
+        if r["model"] == s.model_name and "champion" in r["aliases"]:
+            r |= loop
     if out.json:
         out.result(rows)
         return
-    wide = ("strategy_params", "strategy_reason")
+    wide = ("strategy_params", "strategy_reason", "last_monitor", "last_retrain", "next_monitor")
     out.result([{k: v for k, v in r.items() if k not in wide} for r in rows], f"Registry at {s.resolved_tracking_uri}")
     # the why of each aliased version: the table would be unreadable with it
     for r in rows:
         if r["aliases"] and r["strategy_reason"]:
             out.print(f"[bold]{r['model']} v{r['version']}[/] ({r['aliases']}): {r['strategy']} "
                       f"{r['strategy_params']}\n  {r['strategy_reason']}")
+    for r in rows:
+        if "next_monitor" in r:
+            m, t = r["last_monitor"], r["last_retrain"]
+            est = m and m.get("estimated_accuracy")
+            out.print(f"[bold]Loop of {r['model']}[/]\n"
+                      f"  last monitor: " + (f"{m['at']} on v{m['version']}: {'drift' if m['is_drift'] else 'no drift'} "
+                                            f"({m['test']} statistic {m['statistic']:.4g}, p={m['p_val']:.3g}), estimated "
+                                            f"accuracy {'n/a' if est is None else format(est, '.3f')}, retrain {m['retrain']}"
+                                            if m else "none yet (transferops monitor --batch DIR)") +
+                      "\n  last retrain: " + (f"{t['started']} ({t['run']}): {t['status']}"
+                                              + (f", v{t['version']}" if t.get("version") else "") if t else "none yet") +
+                      f"\n  next monitor: {r['next_monitor']}")
+
+
+def _loop_status(s: Any) -> dict[str, Any]:
+    """The monitoring loop of the target model: last monitor run, last retrain, next monitor run."""
+    import json
+
+    from tasks import registry
+    from tasks.deployments import next_scheduled_run
+
+    tags = registry.model_tags(s, s.model_name)
+    parse = lambda k: json.loads(tags[k]) if k in tags else None  # noqa: E731
+    return {"last_monitor": parse("transferops.last_monitor"), "last_retrain": parse("transferops.last_retrain"),
+            "next_monitor": next_scheduled_run()}
 
 
 @command(cli, "sample", "write a bundled sample dataset (offline, deterministic) as an ImageFolder tree")

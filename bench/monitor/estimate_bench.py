@@ -1,0 +1,123 @@
+"""How close is the monitor's accuracy estimate (no labels) to the true accuracy under shift?
+
+A trained classifier (default: the strategy benchmark's source bundle, resnet18 at 32 px on
+Fashion-MNIST classes 0-4) is calibrated as ``transferops.engine.write_calibration`` does, on
+clean held-out images (the first half of the t10k images of its classes). Each batch is the
+other half under one shift at one strength; for each, the true accuracy (labels known here)
+against the estimates of ``transferops.estimate`` (ATC and average confidence). Target: mean
+absolute error at most 5 points.
+
+    .venv/bin/python bench/monitor/estimate_bench.py [--bundle DIR] [--per-class 200] [--out bench/results/estimate]
+
+Writes ``<out>.json`` and ``<out>.md``; needs Debian's ``dataset-fashion-mnist``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "bench" / "strategies")]
+import fashion  # noqa: E402
+
+# shift -> strengths; each strength is a function of one grey uint8 image (28 x 28)
+SHIFTS = {
+    "clean": {"-": lambda im, rng: im},
+    "noise": {f"sigma {s}": (lambda s: lambda im, rng: np.clip(im + rng.normal(0, s, im.shape), 0, 255))(s)
+              for s in (15, 30, 60)},
+    "blur": {f"radius {r}": (lambda r: lambda im, rng: np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(r))))(r)
+             for r in (0.75, 1.5)},
+    "rotate": {f"{d} deg": (lambda d: lambda im, rng: np.asarray(Image.fromarray(im).rotate(d)))(d) for d in (15, 30, 90)},
+    "contrast": {f"x{c}": (lambda c: lambda im, rng: np.asarray(ImageEnhance.Contrast(Image.fromarray(im)).enhance(c)))(c)
+                 for c in (0.5, 0.25)},
+    "invert": {f"{int(100 * f)} %": (lambda f: lambda im, rng: 255 - im if rng.random() < f else im)(f) for f in (0.25, 0.5, 1.0)},
+}
+
+
+def default_bundle() -> Path:
+    found = sorted((REPO / "bench" / "strategies" / "work" / "source").glob("*/bundle/meta.json"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit("no source bundle under bench/strategies/work/source; run bench/strategies/bench_strategies.py "
+                         "first, or pass --bundle DIR")
+    return found[-1].parent
+
+
+def softmax_outputs(model, weights, images: np.ndarray) -> np.ndarray:
+    """The model's softmax outputs on grey uint8 images, preprocessed as in training."""
+    import torch
+
+    tf = weights.transforms()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), 256):
+            x = torch.stack([tf(Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB")) for im in images[i:i + 256]])
+            out.append(torch.softmax(model(x), dim=1).numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the strategy benchmark's source)")
+    p.add_argument("--per-class", type=int, default=200, help="test images per class in each batch (and in calibration)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "estimate")
+    args = p.parse_args()
+    import torch
+
+    from transferops.estimate import fit_calibration
+    from transferops.models import load_bundle, model_from_bundle
+
+    torch.set_num_threads(2)
+    bundle = load_bundle(args.bundle or default_bundle())
+    model, classes = model_from_bundle(bundle), bundle.meta["categories"]
+    try:
+        x, y = fashion.load_split("test")
+    except fashion.MissingData as e:
+        raise SystemExit(str(e)) from None
+    names = list(fashion.CLASSES)
+    idx = {c: np.flatnonzero(y == names.index(c)) for c in classes}
+    n = args.per_class
+    cal = np.concatenate([v[:n] for v in idx.values()])
+    test = np.concatenate([v[n:2 * n] for v in idx.values()])
+    to_label = {names.index(c): i for i, c in enumerate(classes)}
+    y_cal, y_test = np.array([to_label[v] for v in y[cal]]), np.array([to_label[v] for v in y[test]])
+    t0 = time.perf_counter()
+    c = fit_calibration(softmax_outputs(model, bundle.weights, x[cal]), y_cal)
+    rows = []
+    for shift, levels in SHIFTS.items():
+        for level, fn in levels.items():
+            rng = np.random.default_rng(0)
+            probs = softmax_outputs(model, bundle.weights, np.stack([fn(im, rng) for im in x[test]]))
+            true = float((probs.argmax(1) == y_test).mean())
+            atc, ac = c.estimate(probs, "atc"), c.estimate(probs, "average_confidence")
+            rows.append({"shift": shift, "strength": level, "true": true, "atc": atc, "average_confidence": ac,
+                         "atc_error": atc - true, "ac_error": ac - true})
+            print(f"{shift:9s} {level:11s} true {true:.3f}  atc {atc:.3f}  ac {ac:.3f}", file=sys.stderr)
+    mae = {k: float(np.mean([abs(r[f"{k}_error"]) for r in rows])) for k in ("atc", "ac")}
+    doc = {"bundle": str(bundle.path), "classes": classes, "per_class": n, "calibration": c.as_dict(),
+           "seconds": time.perf_counter() - t0, "rows": rows, "mae": mae}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    lines = [f"# Accuracy without labels on shifted Fashion-MNIST batches ({len(classes)} classes, {n} images per class)",
+             "", f"Calibrated on {c.n} clean held-out images (accuracy {c.heldout_accuracy:.3f}, temperature "
+             f"{c.temperature:.2f}). Target: mean absolute error <= 5 points.", "",
+             "| shift | strength | true accuracy | ATC | error | average confidence | error |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['shift']} | {r['strength']} | {r['true']:.3f} | {r['atc']:.3f} | {100 * r['atc_error']:+.1f} | "
+              f"{r['average_confidence']:.3f} | {100 * r['ac_error']:+.1f} |" for r in rows]
+    lines += ["", f"Mean absolute error: ATC {100 * mae['atc']:.1f} points, average confidence {100 * mae['ac']:.1f} points "
+                  f"({'PASS' if min(mae.values()) <= 0.05 else 'FAIL'} for the better one; the default is "
+                  "`monitor.estimator: atc`)."]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The retrain flow: what a drift event (or an operator, or a schedule) starts.
+
+Guards first (``transferops.retraining``): no second retrain within the cooldown, which the
+registry remembers so that a redeploy resetting Prefect's trigger window changes nothing,
+and no retrain without new labelled data since the champion's version. Then the train
+flow's own steps on the newest labelled data version, with the trigger (event id, monitor
+run, statistics) in the run's tags and the new version's lineage.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from flows.common import open_run, prepare_data
+from flows.train import TrainParams, train_version
+from tasks import registry
+from transferops.errors import InputError
+from transferops.retraining import retrain_guard
+from transferops.strategy import CHOICES
+
+LAST_RETRAIN_TAG = "transferops.last_retrain"
+
+
+class RetrainParams(BaseModel):
+    """Parameters of one retrain run (a trigger fills ``trigger`` from the drift event)."""
+
+    data: str | None = Field(None, description="labelled folder or manifest to ingest first (default: the current data version)")
+    data_rev: str | None = Field(None, description="git revision of data.dvc to train on instead")
+    source: str | None = Field(None, description="source model (default: the one the champion was trained from)")
+    strategy: Literal[CHOICES] = "auto"  # type: ignore[valid-type]
+    trigger: dict[str, Any] | None = Field(None, description="what started this run: event id, monitor run, statistics")
+    force: bool = Field(False, description="skip the cooldown and the new-data check (a retrain by hand)")
+    # None: TRANSFEROPS_PROJECT_DIR, else the working directory (a worker's environment decides)
+    project_dir: str | None = None
+    config_file: str | None = None
+    epochs: int | None = Field(None, ge=1)
+    run_name: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _last_start(tags: dict[str, str]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(json.loads(tags[LAST_RETRAIN_TAG])["started"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+@flow(name="transferops-retrain", log_prints=True)
+def retrain(params: RetrainParams) -> dict:
+    """Retrain the model on its newest labelled data when the guards allow; promote if it wins."""
+    ctx = open_run(params.project_dir, params.config_file, params.run_name, "retrain", params.epochs)
+    s = ctx.settings
+    champion = registry.alias_version(s, s.model_name, registry.CHAMPION)
+    model_tags = registry.model_tags(s, s.model_name)
+    base = {"run_name": ctx.run_name, "model": s.model_name, "trigger": params.trigger,
+            "champion": champion.version if champion else None}
+    go = retrain_guard(_now(), _last_start(model_tags), s.monitor.cooldown_hours, None, None, params.force)
+    if not go.proceed:
+        print(f"Retrain skipped: {go.reason}")
+        return base | {"status": "skipped", "reason": go.reason}
+    data = prepare_data(ctx, source=params.data, rev=params.data_rev)
+    go = retrain_guard(_now(), None, 0, champion.tags.get("transferops.data_md5") if champion else None,
+                       data.version.md5, params.force)
+    if not go.proceed:
+        print(f"Retrain skipped: {go.reason}")
+        return base | {"status": "skipped", "reason": go.reason, "data_rev": data.version.rev}
+    source = params.source or (champion.tags.get("transferops.source") if champion else None)
+    if not source:
+        raise InputError(f"model {s.model_name} has no champion to take the source from; pass params.source")
+    started = _now().isoformat(timespec="seconds")
+    record = {"started": started, "run": ctx.run_name, "status": "running",
+              "trigger": {k: params.trigger[k] for k in ("event_id", "monitor_run_id") if k in params.trigger}
+              if params.trigger else None}
+    registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record)  # the cooldown starts now
+    print(f"Retraining {s.model_name} from {source} on data {data.version.rev[:12]}: {go.reason}")
+    train_params = TrainParams(source=source, strategy=params.strategy, project_dir=str(s.project_dir),
+                               config_file=params.config_file, run_name=ctx.run_name)
+    try:
+        summary = train_version(ctx, data, train_params, "retrain", params.trigger)
+    except BaseException:
+        registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record | {"status": "failed"})
+        raise
+    registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record | {
+        "status": "promoted" if summary["promoted"] else "not promoted", "version": summary["version"],
+        "finished": _now().isoformat(timespec="seconds")})
+    return base | summary | {"status": "retrained", "reason": go.reason}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(retrain(RetrainParams(data=sys.argv[1] if len(sys.argv) > 1 else None, force="--force" in sys.argv)))

@@ -1,0 +1,76 @@
+"""Accuracy without labels: temperature scaling and ATC on synthetic, calibrated models."""
+
+import numpy as np
+import pytest
+
+from transferops.errors import InputError
+from transferops.estimate import Calibration, confidence_scores, fit_calibration, fit_temperature
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _model(n, scale, seed, k=5, true_t=2.0):
+    """A model's softmax outputs (at T=1) and labels drawn from softmax(logits / true_t): the
+    model is overconfident by the factor true_t, and ``scale`` sets how hard the images are."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, scale, (n, k))
+    y = np.array([rng.choice(k, p=p) for p in _softmax(z / true_t)])
+    return _softmax(z), y
+
+
+def test_temperature_recovers_the_overconfidence():
+    p, y = _model(4000, 4.0, 0, true_t=2.0)
+    assert fit_temperature(p, y) == pytest.approx(2.0, rel=0.1)
+    p, y = _model(4000, 4.0, 1, true_t=0.7)
+    assert fit_temperature(p, y) == pytest.approx(0.7, rel=0.1)
+
+
+def test_atc_reproduces_the_heldout_accuracy_and_falls_on_a_harder_batch():
+    p, y = _model(2000, 5.0, 2)
+    cal = fit_calibration(p, y)
+    acc = float((p.argmax(1) == y).mean())
+    assert cal.heldout_accuracy == pytest.approx(acc) and cal.n == 2000 and cal.method == "atc"
+    assert cal.estimate(p) == pytest.approx(acc, abs=1e-3)  # by construction, on the held-out data
+    est = [cal.estimate(_model(3000, scale, seed)[0]) for scale, seed in ((8.0, 3), (2.5, 4), (1.5, 5))]
+    assert est[0] > acc > est[1] > est[2]
+    assert Calibration.from_dict(cal.as_dict()) == cal
+
+
+def test_average_confidence_is_right_for_a_model_that_stays_calibrated():
+    # the synthetic model is calibrated at every difficulty once its temperature is known
+    p, y = _model(2000, 5.0, 2)
+    cal = fit_calibration(p, y, method="average_confidence")
+    for scale, seed in ((2.5, 3), (1.5, 4), (8.0, 5)):
+        q, yq = _model(3000, scale, seed)
+        true = float((q.argmax(1) == yq).mean())
+        assert abs(cal.estimate(q) - true) < 0.03, (scale, cal.estimate(q), true)
+
+
+def test_max_confidence_score_and_round_trip():
+    p, y = _model(1000, 5.0, 6)
+    cal = fit_calibration(p, y, score="max_confidence")
+    assert cal.score == "max_confidence" and cal.estimate(p) == pytest.approx(cal.heldout_accuracy, abs=2e-3)
+    s = confidence_scores(p, 1.0, "max_confidence")
+    assert np.allclose(s, p.max(axis=1))
+    assert (confidence_scores(p) <= 0).all()  # negative entropy
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda p, y: fit_calibration(p[:5], y[:5]), "too few to calibrate"),
+    (lambda p, y: fit_calibration(p[:, :1], y), "at least 2 classes"),
+    (lambda p, y: fit_temperature(p, y[:-1]), "one label per row"),
+    (lambda p, y: fit_temperature(p, y + 10), "class indices"),
+    (lambda p, y: fit_calibration(np.full_like(p, np.nan), y), "NaN"),
+    (lambda p, y: confidence_scores(p, 1.0, "margin"), "unknown confidence score"),
+    (lambda p, y: Calibration.from_dict({"temperature": 1.0}), "retrain the model"),
+    (lambda p, y: fit_calibration(p, y).estimate(p[:0]), "no images"),
+    (lambda p, y: fit_calibration(p, y, method="doc"), "unknown estimation method"),
+])
+def test_bad_inputs_name_the_fix(call, match):
+    p, y = _model(100, 3.0, 7)
+    with pytest.raises(InputError, match=match):
+        call(p, y)

@@ -1,0 +1,83 @@
+"""The monitor and retrain flows under Prefect's test harness, on a real MLflow store and git+DVC repo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from transferops.samples import write_shapes
+
+pytestmark = pytest.mark.integration
+
+
+def _flat(root: Path, name: str, seed: int, style: str) -> Path:
+    out = root / name
+    out.mkdir()
+    for f in write_shapes(root / f"{name}-tree", per_class=15, seed=seed, style=style).rglob("*.png"):
+        f.rename(out / f"{f.parent.name}-{f.name}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def loop(prefect_harness, tmp_path_factory, source_bundle):
+    """A project with a feature-extraction champion on plain shapes."""
+    from flows.train import TrainParams, train
+
+    root = tmp_path_factory.mktemp("loop-flows")
+    project = root / "project"
+    project.mkdir()
+    # the scratch baseline is tested elsewhere; here it would only cost minutes
+    (project / "transferops.yaml").write_text(yaml.safe_dump({"monitor": {"retrain_on": "drift"},
+                                                              "strategy": {"baseline_max_train_images": 0}}))
+    first = train(TrainParams(source=str(source_bundle), data=str(write_shapes(root / "plain", per_class=30, seed=1)),
+                              strategy="feature_extraction", project_dir=str(project), run_name="first"))
+    assert first["promoted"]
+    return root, project
+
+
+def test_monitor_logs_reports_remembers_and_emits(loop):
+    from flows.monitor import LAST_MONITOR_TAG, MonitorParams, monitor
+    from tasks import registry
+    from transferops.config import load_settings
+
+    root, project = loop
+    res = monitor(MonitorParams(batch=str(_flat(root, "shifted", 3, "shifted")), project_dir=str(project)))
+    assert res["is_drift"] and res["retrain"] and res["version"] == "1"
+    assert set(res["events"]) == {"transferops.drift.checked", "transferops.drift.detected"}
+    s = load_settings(project)
+    c = registry.client(s)
+    exp = c.get_experiment_by_name(f"{s.experiment}-monitoring")
+    run = c.get_run(res["run_id"])
+    assert run.info.experiment_id == exp.experiment_id and run.data.metrics["is_drift"] == 1.0
+    assert "estimated_accuracy" in run.data.metrics and "bbsd_p_val" in run.data.metrics
+    arts = {a.path for a in c.list_artifacts(res["run_id"], "report")}
+    assert {"report/report.md", "report/class_mix.png", "report/monitor_embeddings.png"} <= arts
+    last = json.loads(registry.model_tags(s, s.model_name)[LAST_MONITOR_TAG])
+    assert last["run_id"] == res["run_id"] and last["is_drift"] is True
+
+
+def test_retrain_needs_new_data_records_its_trigger_then_cools_down(loop):
+    from flows.retrain import LAST_RETRAIN_TAG, RetrainParams, retrain
+    from tasks import registry
+    from transferops.cli import main
+    from transferops.config import load_settings
+
+    root, project = loop
+    trigger = {"event_id": "e-1", "monitor_run_id": "m-1", "p_value": "0.001"}
+    same = retrain(RetrainParams(project_dir=str(project), trigger=trigger))
+    assert same["status"] == "skipped" and "no new labelled data" in same["reason"]
+    assert main(["-C", str(project), "data", "add", str(write_shapes(root / "new", per_class=30, seed=2, style="shifted"))]) == 0
+    done = retrain(RetrainParams(project_dir=str(project), trigger=trigger, strategy="feature_extraction"))
+    assert done["status"] == "retrained" and done["version"] == "2"
+    s = load_settings(project)
+    v2 = [v for v in registry.list_versions(s, s.model_name) if v.version == "2"][0]
+    assert json.loads(v2.tags["transferops.trigger"])["event_id"] == "e-1"
+    run = registry.client(s).get_run(done["run_id"])
+    assert run.data.tags["transferops.flow"] == "retrain" and run.data.tags["transferops.trigger.monitor_run_id"] == "m-1"
+    last = json.loads(registry.model_tags(s, s.model_name)[LAST_RETRAIN_TAG])
+    assert last["run"] == done["run_name"] and last["version"] == "2" and last["status"] in ("promoted", "not promoted")
+    again = retrain(RetrainParams(project_dir=str(project), trigger=trigger))
+    assert again["status"] == "skipped" and again["reason"].startswith("cooldown")

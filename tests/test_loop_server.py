@@ -1,0 +1,183 @@
+"""The whole loop on the real thing: a `prefect server`, deployments from prefect.yaml, a process
+worker, the monitor's drift event and the retrain deployment's trigger.
+
+Guards Prefect's server against the FastAPI versions it breaks with (pyproject pins the range).
+Every process started here is stopped by its process id (its process group) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image, ImageOps
+
+from transferops.samples import write_shapes
+
+pytestmark = [pytest.mark.integration, pytest.mark.server]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
+    # a session of its own: stopping it stops its children (the worker's flow runs) too
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _poll(check, timeout: float, what: str, interval: float = 1.0, procs: tuple = ()):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        for p, log in procs:
+            if p.poll() is not None:
+                pytest.fail(f"{what}: {p.args[2:5]} exited with {p.returncode}:\n{Path(log).read_text()[-3000:]}")
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _cli(env: dict[str, str], project: Path, *args: str) -> dict:
+    res = subprocess.run([sys.executable, "-m", "transferops.cli", "-C", str(project), "--json", *args],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"transferops {' '.join(args)} failed:\n{res.stderr[-3000:]}"
+    return json.loads(res.stdout)
+
+
+def _batch(root: Path, name: str, seed: int, *styles: str, invert: bool = False) -> Path:
+    """An unlabelled production batch: shapes of each style (colours inverted on request), every
+    image in one flat folder."""
+    out = root / name
+    out.mkdir()
+    for style in styles:
+        tree = write_shapes(root / f"{name}-{style}-tree", per_class=15, seed=seed, style=style)
+        for f in tree.rglob("*.png"):
+            img = Image.open(f).convert("RGB")
+            (ImageOps.invert(img) if invert else img).save(out / f"{style}-{f.parent.name}-{f.name}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A real prefect server and a process worker on transferops-cpu, on a fresh database."""
+    root = tmp_path_factory.mktemp("loop")
+    project = root / "project"
+    project.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = os.environ | {
+        "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": url,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2", "TRANSFEROPS_PROJECT_DIR": str(project),
+        # the worker's flow runs find the project through the environment; the loop retrains on any drift
+        "TRANSFEROPS_MONITOR__RETRAIN_ON": "drift", "TRANSFEROPS_TRAINING__MIN_STEPS": "0",
+        "TRANSFEROPS_STRATEGY__BASELINE_MAX_TRAIN_IMAGES": "0",
+    }
+    procs: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        server = _start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                        env, root / "server.log")
+        procs.append((server, root / "server.log"))
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _poll(healthy, 240, "the prefect server to answer /health", procs=tuple(procs))
+        subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "transferops-cpu", "--type", "process"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "transferops-cpu",
+                         "--type", "process"], env, root / "worker.log")
+        procs.append((worker, root / "worker.log"))
+        yield {"root": root, "project": project, "url": url, "env": env, "procs": tuple(procs)}
+    finally:
+        for p, _ in reversed(procs):
+            _stop(p)
+
+
+def _retrain_runs(url: str) -> list[dict]:
+    body = {"deployments": {"name": {"any_": ["retrain"]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    return httpx.post(f"{url}/flow_runs/filter", json=body, timeout=10).json()
+
+
+def _events(url: str, name: str, since: str) -> list[dict]:
+    body = {"filter": {"event": {"name": [name]}, "occurred": {"since": since}}, "limit": 50}
+    return httpx.post(f"{url}/events/filter", json=body, timeout=10).json()["events"]
+
+
+def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_clean_batch_trigger_none(
+        stack, source_bundle):
+    root, project, url, env, procs = (stack[k] for k in ("root", "project", "url", "env", "procs"))
+    since = datetime.now(UTC).isoformat()
+    # a first champion on plain shapes
+    first = _cli(env, project, "train", "--data", str(write_shapes(root / "plain", per_class=30, seed=1)),
+                 "--source", str(source_bundle), "--strategy", "feature_extraction")
+    assert first["promoted"] and first["version"] == "1"
+    # deploy monitor and retrain from prefect.yaml, with the workers' checkout as working directory
+    spec = (REPO / "prefect.yaml").read_text().replace("directory: /opt/transferops", f"directory: {REPO}")
+    (root / "prefect.yaml").write_text(spec)
+    _cli(env, project, "deploy", "--prefect-file", str(root / "prefect.yaml"), "--name", "monitor", "--name", "retrain")
+    # labelled data of the new look arrives, then production drifts to it
+    _cli(env, project, "data", "add", str(write_shapes(root / "labelled-shifted", per_class=30, seed=2, style="shifted")))
+    shifted = _cli(env, project, "monitor", "--batch", str(_batch(root, "batch-shifted-1", 3, "shifted")))
+    assert shifted["is_drift"] and shifted["retrain"] and shifted["events"]["transferops.drift.detected"]
+
+    runs = _poll(lambda: _retrain_runs(url), 60, "the trigger to create a retrain run", procs=procs)
+    assert len(runs) == 1
+    params = runs[0]["parameters"]["params"]["trigger"]
+    assert params["event_id"] == shifted["events"]["transferops.drift.detected"]
+    assert params["monitor_run_id"] == shifted["run_id"] and float(params["p_value"]) == pytest.approx(shifted["p_val"])
+    done = _poll(lambda: [r for r in _retrain_runs(url) if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")],
+                 480, "the retrain run to finish", interval=3, procs=procs)
+    assert done[0]["state_type"] == "COMPLETED", (root / "worker.log").read_text()[-4000:]
+    status = _cli(env, project, "status")
+    champion = [r for r in status if r["model"] == "transferops-classifier" and "champion" in r["aliases"]]
+    assert champion and champion[0]["version"] == "2", status
+    # the monitor's daily schedule made runs (Prefect's scheduler breaks on SQLAlchemy 2.1)
+    assert champion[0]["next_monitor"][:4].isdigit(), champion[0]["next_monitor"]
+    assert champion[0]["last_retrain"]["status"] == "promoted" and champion[0]["last_monitor"]["is_drift"]
+
+    # a batch that drifts from the new champion too, within the trigger's window: its event
+    # arrives, no run follows
+    again = _cli(env, project, "monitor", "--batch", str(_batch(root, "batch-inverted", 4, "shifted", invert=True)))
+    assert again["retrain"]
+    _poll(lambda: len(_events(url, "transferops.drift.detected", since)) >= 2, 60, "the second drift event")
+    deadline = time.monotonic() + 15  # the trigger acts within a second or two of an event
+    while time.monotonic() < deadline:
+        assert len(_retrain_runs(url)) == 1
+        time.sleep(1)
+
+    # a batch that looks like what the new champion trained on (the shifted shapes replaced the
+    # plain ones: same file names): checked, not detected
+    clean = _cli(env, project, "monitor", "--batch", str(_batch(root, "batch-clean", 5, "shifted")))
+    assert not clean["is_drift"] and "transferops.drift.detected" not in clean["events"]
+    _poll(lambda: len(_events(url, "transferops.drift.checked", since)) >= 3, 60, "the third checked event")
+    assert len(_events(url, "transferops.drift.detected", since)) == 2 and len(_retrain_runs(url)) == 1

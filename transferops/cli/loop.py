@@ -1,0 +1,90 @@
+"""The monitoring loop's commands: ``monitor``, ``retrain``, ``deploy`` and ``serve``.
+
+They register on the group of :mod:`transferops.cli.app` when the package is imported, and
+import flows and Prefect only inside their bodies (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from transferops.cli.app import cli, command
+from transferops.cli.output import Output, State
+from transferops.errors import EXIT_DRIFT, EXIT_OK, InputError
+from transferops.strategy import CHOICES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _monitor_view(r: dict[str, Any]) -> dict[str, Any]:
+    """The fields a person reads first; --json has everything."""
+    est = r["estimated_accuracy"]
+    view = {"model": f"{r['model']} v{r['version']}", "batch": r["batch"],
+            "images (embedded)": f"{r['n_images']} ({r['n_embedded']})",
+            "drift": f"{r['is_drift']} ({r['test']} statistic {r['statistic']:.4g}, p={r['p_val']:.3g})",
+            "estimated accuracy": "n/a" if est is None else f"{est:.3f} (held-out {r['heldout_accuracy']:.3f})"}
+    if r["realized_accuracy"] is not None:
+        view["realised accuracy"] = f"{r['realized_accuracy']:.3f} ({r['n_labelled']} labelled images)"
+    view |= {"retrain": f"{r['retrain']}: {r['retrain_reason']}", "report": r["report"],
+             "events": ", ".join(k for k, v in (r.get("events") or {}).items()) or "none"}
+    return view
+
+
+@command(cli, "monitor", "compare a batch of unlabelled production images with the champion's training data")
+@click.option("--batch", required=True, help="folder of production images (any layout) or a manifest with a path column")
+@click.option("--labels", default=None, help="CSV of path,label for images of the batch (labels that arrived later)")
+@click.option("--no-events", is_flag=True, help="emit no transferops.drift.* events (nothing gets triggered)")
+@click.option("--exit-code", "exit_code", is_flag=True, help=f"exit with {EXIT_DRIFT} when the policy asks for a retrain")
+def monitor_cmd(state: State, out: Output, batch: str, labels: str | None, no_events: bool, exit_code: bool) -> int:
+    from flows.monitor import MonitorParams, monitor
+
+    if not Path(batch).exists():
+        raise InputError(f"production batch {batch} does not exist; pass a folder of images or a manifest")
+    result = monitor(MonitorParams(batch=batch, labels=labels, project_dir=str(state.project()),
+                                   config_file=state.config, emit_events=not no_events))
+    out.result(result if out.json else _monitor_view(result), "Monitor")
+    return EXIT_DRIFT if exit_code and result["retrain"] else EXIT_OK
+
+
+@command(cli, "retrain", "retrain the model on its newest labelled data (what a drift event starts)")
+@click.option("--data", default=None, help="labelled folder or manifest to ingest first (default: the current data version)")
+@click.option("--source", default=None, help="source model (default: the one the champion was trained from)")
+@click.option("--strategy", type=click.Choice(CHOICES), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="skip the cooldown and the new-data check")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="overrides training.epochs")
+def retrain_cmd(state: State, out: Output, data: str | None, source: str | None, strategy: str, force: bool,
+                epochs: int | None) -> None:
+    from flows.retrain import RetrainParams, retrain
+
+    result = retrain(RetrainParams(data=data, source=source, strategy=strategy, force=force, epochs=epochs,
+                                   project_dir=str(state.project()), config_file=state.config,
+                                   trigger={"by": "command line"}))
+    keys = ("status", "reason", "model", "version", "promoted", "promotion_reason", "strategy", "test_accuracy",
+            "champion_test_accuracy", "data_rev", "report")
+    out.result(result if out.json else {k: result[k] for k in keys if k in result}, "Retrain")
+
+
+@command(cli, "deploy", "register the deployments of prefect.yaml (schedules, triggers) with the Prefect API")
+@click.option("--name", "names", multiple=True, help="deployment to register (repeatable; default: all)")
+@click.option("--prefect-file", default=str(REPO / "prefect.yaml"), show_default=True,
+              help="deployment file (its entrypoints are read from this checkout)")
+def deploy_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise InputError("no Prefect API is configured to deploy to; start one (prefect server start, or "
+                         "infra/docker-compose.yml) and set PREFECT_API_URL, or run `transferops serve` instead")
+    args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(Path(prefect_file).resolve())]
+    args += [a for n in names for a in ("--name", n)] or ["--all"]
+    # prefect.yaml's entrypoints (flows/...) are relative to this checkout, wherever the file is
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False)
+    sys.stderr.write(res.stdout + res.stderr)
+    if res.returncode:
+        raise InputError(f"prefect deploy failed (exit {res.returncode}); its output is above")
+    out.result({"prefect_file": prefect_file, "deployments": list(names) or "all", "api": PREFECT_API_URL.value()},
+               "Deployed")
