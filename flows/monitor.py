@@ -29,8 +29,10 @@ LAST_MONITOR_TAG = "transferops.last_monitor"
 class MonitorParams(BaseModel):
     """Parameters of one monitoring run."""
 
-    batch: str = Field(description="folder of production images (any layout; labels are ignored) or a manifest with a path column")
-    labels: str | None = Field(None, description="CSV of path,label for images of the batch, when labels arrive later")
+    batch: str = Field(description="folder of production images (any layout; labels are ignored) or a manifest with a "
+                                   "path column; a relative path is the project's")
+    labels: str | None = Field(None, description="CSV of path,label for images of the batch, when labels arrive later "
+                                                 "(a relative path is the project's)")
     # None: TRANSFEROPS_PROJECT_DIR, else the working directory (a worker's environment decides)
     project_dir: str | None = None
     config_file: str | None = None
@@ -54,8 +56,10 @@ def monitor(params: MonitorParams) -> dict:
                          "train one first (transferops train or transferops demo)")
     folder = fetch_champion(s, f"models:/{s.model_name}/{champion.version}",
                             s.state_dir / "champions" / f"v{champion.version}")
-    batch = scan_dataset(params.batch, labels="none")
-    result, reference, production = compare_batch(s, load_bundle(folder), champion.version, batch, params.labels,
+    # a deployment's relative paths are the project's (the CLI passes absolute ones)
+    batch = scan_dataset(s.project_dir / params.batch, labels="none")
+    labels = s.project_dir / params.labels if params.labels else None
+    result, reference, production = compare_batch(s, load_bundle(folder), champion.version, batch, labels,
                                                   progress=print)
     print(f"Monitor: {'drift' if result.is_drift else 'no drift'} ({result.test} p={result.p_val:.3g}); "
           f"retrain: {result.decision.retrain} ({result.decision.reason})")

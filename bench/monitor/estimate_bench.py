@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +29,35 @@ REPO = HERE.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench" / "strategies")]
 import fashion  # noqa: E402
 
-# shift -> strengths; each strength is a function of one grey uint8 image (28 x 28)
+
+def _noise(sigma: float, im: np.ndarray, rng) -> np.ndarray:
+    return np.clip(im + rng.normal(0, sigma, im.shape), 0, 255)
+
+
+def _blur(radius: float, im: np.ndarray, rng) -> np.ndarray:
+    return np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(radius)))
+
+
+def _rotate(degrees: float, im: np.ndarray, rng) -> np.ndarray:
+    return np.asarray(Image.fromarray(im).rotate(degrees))
+
+
+def _contrast(factor: float, im: np.ndarray, rng) -> np.ndarray:
+    return np.asarray(ImageEnhance.Contrast(Image.fromarray(im)).enhance(factor))
+
+
+def _invert(share: float, im: np.ndarray, rng) -> np.ndarray:
+    return 255 - im if rng.random() < share else im
+
+
+# shift -> strength -> a function of one grey uint8 image (28 x 28) and a generator
 SHIFTS = {
     "clean": {"-": lambda im, rng: im},
-    "noise": {f"sigma {s}": (lambda s: lambda im, rng: np.clip(im + rng.normal(0, s, im.shape), 0, 255))(s)
-              for s in (15, 30, 60)},
-    "blur": {f"radius {r}": (lambda r: lambda im, rng: np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(r))))(r)
-             for r in (0.75, 1.5)},
-    "rotate": {f"{d} deg": (lambda d: lambda im, rng: np.asarray(Image.fromarray(im).rotate(d)))(d) for d in (15, 30, 90)},
-    "contrast": {f"x{c}": (lambda c: lambda im, rng: np.asarray(ImageEnhance.Contrast(Image.fromarray(im)).enhance(c)))(c)
-                 for c in (0.5, 0.25)},
-    "invert": {f"{int(100 * f)} %": (lambda f: lambda im, rng: 255 - im if rng.random() < f else im)(f) for f in (0.25, 0.5, 1.0)},
+    "noise": {f"sigma {s}": partial(_noise, s) for s in (15, 30, 60)},
+    "blur": {f"radius {r}": partial(_blur, r) for r in (0.75, 1.5)},
+    "rotate": {f"{d} deg": partial(_rotate, d) for d in (15, 30, 90)},
+    "contrast": {f"x{c}": partial(_contrast, c) for c in (0.5, 0.25)},
+    "invert": {f"{int(100 * f)} %": partial(_invert, f) for f in (0.25, 0.5, 1.0)},
 }
 
 

@@ -45,8 +45,10 @@ def monitor_cmd(state: State, out: Output, batch: str, labels: str | None, no_ev
 
     if not Path(batch).exists():
         raise InputError(f"production batch {batch} does not exist; pass a folder of images or a manifest")
-    result = monitor(MonitorParams(batch=batch, labels=labels, project_dir=str(state.project()),
-                                   config_file=state.config, emit_events=not no_events))
+    # relative paths are relative to where the command runs, as for every command
+    result = monitor(MonitorParams(batch=str(Path(batch).resolve()), labels=str(Path(labels).resolve()) if labels else None,
+                                   project_dir=str(state.project()), config_file=state.config,
+                                   emit_events=not no_events))
     out.result(result if out.json else _monitor_view(result), "Monitor")
     return EXIT_DRIFT if exit_code and result["retrain"] else EXIT_OK
 
