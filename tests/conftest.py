@@ -109,3 +109,29 @@ def prefect_harness():
         # pytest closes its capture streams before session teardown; the harness's
         # "Stopping temporary server" line would then print a logging traceback
         logging.getLogger("prefect").setLevel(logging.WARNING)
+
+
+def _flat_batch(root: Path, name: str, seed: int, *styles: str, invert: bool = False) -> tuple[Path, list[dict]]:
+    """An unlabelled production batch: 15 shapes per class of each style (colours inverted on
+    request), every image in one flat folder; returns the folder and the images' path,label rows."""
+    from PIL import Image, ImageOps
+
+    from transferops.samples import write_shapes
+
+    out = root / name
+    out.mkdir()
+    rows = []
+    for style in styles:
+        tree = write_shapes(root / f"{name}-{style}-tree", per_class=15, seed=seed, style=style)
+        for f in sorted(tree.rglob("*.png")):
+            dest = f"{style}-{f.parent.name}-{f.name}"
+            img = Image.open(f).convert("RGB")
+            (ImageOps.invert(img) if invert else img).save(out / dest)
+            rows.append({"path": dest, "label": f.parent.name})
+    return out, rows
+
+
+@pytest.fixture(scope="session")
+def flat_batch():
+    """The production-batch writer the monitoring tests share."""
+    return _flat_batch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,14 +10,6 @@ import yaml
 from transferops.samples import write_shapes
 
 pytestmark = pytest.mark.integration
-
-
-def _flat(root: Path, name: str, seed: int, style: str) -> Path:
-    out = root / name
-    out.mkdir()
-    for f in write_shapes(root / f"{name}-tree", per_class=15, seed=seed, style=style).rglob("*.png"):
-        f.rename(out / f"{f.parent.name}-{f.name}")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +29,13 @@ def loop(prefect_harness, tmp_path_factory, source_bundle):
     return root, project
 
 
-def test_monitor_logs_reports_remembers_and_emits(loop):
+def test_monitor_logs_reports_remembers_and_emits(loop, flat_batch):
     from flows.monitor import LAST_MONITOR_TAG, MonitorParams, monitor
     from tasks import registry
     from transferops.config import load_settings
 
     root, project = loop
-    res = monitor(MonitorParams(batch=str(_flat(root, "shifted", 3, "shifted")), project_dir=str(project)))
+    res = monitor(MonitorParams(batch=str(flat_batch(root, "shifted", 3, "shifted")[0]), project_dir=str(project)))
     assert res["is_drift"] and res["retrain"] and res["version"] == "1"
     assert set(res["events"]) == {"transferops.drift.checked", "transferops.drift.detected"}
     s = load_settings(project)

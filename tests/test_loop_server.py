@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image, ImageOps
 
 from transferops.samples import write_shapes
 
@@ -67,19 +66,6 @@ def _cli(env: dict[str, str], project: Path, *args: str) -> dict:
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"transferops {' '.join(args)} failed:\n{res.stderr[-3000:]}"
     return json.loads(res.stdout)
-
-
-def _batch(root: Path, name: str, seed: int, *styles: str, invert: bool = False) -> Path:
-    """An unlabelled production batch: shapes of each style (colours inverted on request), every
-    image in one flat folder."""
-    out = root / name
-    out.mkdir()
-    for style in styles:
-        tree = write_shapes(root / f"{name}-{style}-tree", per_class=15, seed=seed, style=style)
-        for f in tree.rglob("*.png"):
-            img = Image.open(f).convert("RGB")
-            (ImageOps.invert(img) if invert else img).save(out / f"{style}-{f.parent.name}-{f.name}")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +120,7 @@ def _events(url: str, name: str, since: str) -> list[dict]:
 
 
 def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_clean_batch_trigger_none(
-        stack, source_bundle):
+        stack, source_bundle, flat_batch):
     root, project, url, env, procs = (stack[k] for k in ("root", "project", "url", "env", "procs"))
     since = datetime.now(UTC).isoformat()
     # a first champion on plain shapes
@@ -147,7 +133,7 @@ def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_cl
     _cli(env, project, "deploy", "--prefect-file", str(root / "prefect.yaml"), "--name", "monitor", "--name", "retrain")
     # labelled data of the new look arrives, then production drifts to it
     _cli(env, project, "data", "add", str(write_shapes(root / "labelled-shifted", per_class=30, seed=2, style="shifted")))
-    shifted = _cli(env, project, "monitor", "--batch", str(_batch(root, "batch-shifted-1", 3, "shifted")))
+    shifted = _cli(env, project, "monitor", "--batch", str(flat_batch(root, "batch-shifted-1", 3, "shifted")[0]))
     assert shifted["is_drift"] and shifted["retrain"] and shifted["events"]["transferops.drift.detected"]
 
     runs = _poll(lambda: _retrain_runs(url), 60, "the trigger to create a retrain run", procs=procs)
@@ -167,7 +153,7 @@ def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_cl
 
     # a batch that drifts from the new champion too, within the trigger's window: its event
     # arrives, no run follows
-    again = _cli(env, project, "monitor", "--batch", str(_batch(root, "batch-inverted", 4, "shifted", invert=True)))
+    again = _cli(env, project, "monitor", "--batch", str(flat_batch(root, "batch-inverted", 4, "shifted", invert=True)[0]))
     assert again["retrain"]
     _poll(lambda: len(_events(url, "transferops.drift.detected", since)) >= 2, 60, "the second drift event")
     deadline = time.monotonic() + 15  # the trigger acts within a second or two of an event
@@ -177,7 +163,7 @@ def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_cl
 
     # a batch that looks like what the new champion trained on (the shifted shapes replaced the
     # plain ones: same file names): checked, not detected
-    clean = _cli(env, project, "monitor", "--batch", str(_batch(root, "batch-clean", 5, "shifted")))
+    clean = _cli(env, project, "monitor", "--batch", str(flat_batch(root, "batch-clean", 5, "shifted")[0]))
     assert not clean["is_drift"] and "transferops.drift.detected" not in clean["events"]
     _poll(lambda: len(_events(url, "transferops.drift.checked", since)) >= 3, 60, "the third checked event")
     assert len(_events(url, "transferops.drift.detected", since)) == 2 and len(_retrain_runs(url)) == 1

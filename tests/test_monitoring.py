@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 
 import pytest
 
@@ -32,16 +31,9 @@ def champion(tmp_path_factory, source_bundle):
     return settings, load_bundle(path), images
 
 
-def _batch(root, style, seed, flat=True):
-    """A production batch: shapes of every class, flattened into one unlabelled folder."""
-    tree = write_shapes(root / f"tree-{style}-{seed}", per_class=15, seed=seed, style=style)
-    out = root / f"batch-{style}-{seed}"
-    out.mkdir()
-    rows = []
-    for f in sorted(tree.rglob("*.png")):
-        shutil.copy(f, out / f.name)
-        rows.append({"path": f.name, "label": f.parent.name})
-    return scan_dataset(out, labels="none"), rows
+def _scan(batch):
+    folder, rows = batch
+    return scan_dataset(folder, labels="none"), rows
 
 
 def test_export_stores_a_calibration(champion):
@@ -50,13 +42,13 @@ def test_export_stores_a_calibration(champion):
     assert cal["n"] >= 20 and 0 <= cal["heldout_accuracy"] <= 1 and cal["temperature"] > 0
 
 
-def test_clean_batch_no_drift_shifted_batch_drifts_and_labels_give_realised_accuracy(champion, tmp_path):
+def test_clean_batch_no_drift_shifted_batch_drifts_and_labels_give_realised_accuracy(champion, tmp_path, flat_batch):
     settings, bundle, _ = champion
-    clean, _ = _batch(tmp_path, "plain", 7)
+    clean, _ = _scan(flat_batch(tmp_path, "plain-7", 7, "plain"))
     res, ref, prod = monitor_batch(settings, bundle, "1", clean)
     assert not res.is_drift and not res.decision.retrain and res.n_images == 45 and res.estimated_accuracy is not None
     assert set(res.class_mix) == {"training", "production"} and res.realized_accuracy is None
-    shifted, rows = _batch(tmp_path, "shifted", 8)
+    shifted, rows = _scan(flat_batch(tmp_path, "shifted-8", 8, "shifted"))
     labels = tmp_path / "labels.csv"
     with open(labels, "w", newline="") as fh:
         w = csv.DictWriter(fh, ["path", "label"])
@@ -72,18 +64,18 @@ def test_clean_batch_no_drift_shifted_batch_drifts_and_labels_give_realised_accu
     assert json.loads((tmp_path / "report" / "monitor.json").read_text())["realized_accuracy"] == res.realized_accuracy
 
 
-def test_max_images_subsamples_evenly(champion, tmp_path):
+def test_max_images_subsamples_evenly(champion, tmp_path, flat_batch):
     settings, bundle, _ = champion
-    clean, _ = _batch(tmp_path, "plain", 9)
+    clean, _ = _scan(flat_batch(tmp_path, "plain-9", 9, "plain"))
     settings = settings.model_copy(update={"monitor": MonitorConfig(max_images=10)})
     res, _, prod = monitor_batch(settings, bundle, "1", clean)
     assert (res.n_images, res.n_embedded, len(prod.embeddings)) == (45, 10, 10)
     assert even_indices(5, 10) == [0, 1, 2, 3, 4] and even_indices(101, 3) == [0, 50, 100]
 
 
-def test_bad_labels_files_name_the_line_and_the_fix(champion, tmp_path):
+def test_bad_labels_files_name_the_line_and_the_fix(champion, tmp_path, flat_batch):
     settings, bundle, _ = champion
-    batch, rows = _batch(tmp_path, "plain", 10)
+    batch, rows = _scan(flat_batch(tmp_path, "plain-10", 10, "plain"))
     cases = {"no header": "a.png,circle\n", "unknown class": "path,label\n" + rows[0]["path"] + ",hexagon\n",
              "not in batch": "path,label\nnope.png,circle\n", "empty": "path,label\n"}
     for text, match in zip(cases.values(), ["needs a header", "line 2: label 'hexagon'", "line 2: 'nope.png'",
