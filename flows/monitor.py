@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks import events, registry
+from tasks import events, registry, versioning
 from tasks.tracking import tracked_run
 from transferops.config import load_settings
 from transferops.data import scan_dataset
@@ -30,7 +30,11 @@ class MonitorParams(BaseModel):
     """Parameters of one monitoring run."""
 
     batch: str = Field(description="folder of production images (any layout; labels are ignored) or a manifest with a "
-                                   "path column; a relative path is the project's")
+                                   "path column; a relative path is the project's. With batch_rev or batch_repo: a "
+                                   "folder tracked by DVC in that repository")
+    batch_rev: str | None = Field(None, description="git revision of the DVC-tracked batch (default: HEAD of batch_repo)")
+    batch_repo: str | None = Field(None, description="git+DVC repository (path or URL, e.g. a data registry) the batch "
+                                                     "is tracked in (default: the project, when batch_rev is set)")
     labels: str | None = Field(None, description="CSV of path,label for images of the batch, when labels arrive later "
                                                  "(a relative path is the project's)")
     # None: TRANSFEROPS_PROJECT_DIR, else the working directory (a worker's environment decides)
@@ -56,8 +60,13 @@ def monitor(params: MonitorParams) -> dict:
                          "train one first (transferops train or transferops demo)")
     folder = fetch_champion(s, f"models:/{s.model_name}/{champion.version}",
                             s.state_dir / "champions" / f"v{champion.version}")
+    tracked = None
+    if params.batch_rev or params.batch_repo:
+        tracked = versioning.fetch_tracked(params.batch_repo or str(s.project_dir), params.batch, params.batch_rev,
+                                           s.state_dir / "batches")
+        print(f"Batch {params.batch} of {tracked.repo} at {tracked.rev[:12]} (DVC {tracked.md5}) -> {tracked.local}")
     # a deployment's relative paths are the project's (the CLI passes absolute ones)
-    batch = scan_dataset(s.project_dir / params.batch, labels="none")
+    batch = scan_dataset(tracked.local if tracked else s.project_dir / params.batch, labels="none")
     labels = s.project_dir / params.labels if params.labels else None
     result, reference, production = compare_batch(s, load_bundle(folder), champion.version, batch, labels,
                                                   progress=print)
@@ -66,7 +75,8 @@ def monitor(params: MonitorParams) -> dict:
     tracking = s.model_copy(update={"experiment": f"{s.experiment}-monitoring"})
     with tracked_run(tracking, run_name, {"transferops.flow": "monitor", "transferops.model": s.model_name,
                                           "transferops.model_version": champion.version}) as run:
-        run.log_params({"batch": params.batch, "model": s.model_name, "version": champion.version,
+        run.log_params({"batch": params.batch, "batch_rev": tracked.rev if tracked else "",
+                        "batch_md5": tracked.md5 if tracked else "", "model": s.model_name, "version": champion.version,
                         "labels": params.labels or "", "retrain_on": s.monitor.retrain_on,
                         "max_accuracy_drop": s.monitor.max_accuracy_drop, "estimator": s.monitor.estimator},
                        with_training_config=False)
@@ -87,7 +97,8 @@ def monitor(params: MonitorParams) -> dict:
             "version": champion.version, "is_drift": result.is_drift, "test": result.test,
             "statistic": result.statistic, "p_val": result.p_val, "estimated_accuracy": result.estimated_accuracy,
             "realized_accuracy": result.realized_accuracy, "retrain": result.decision.retrain})
-    return result.as_dict() | {"run_name": run_name, "run_id": run.run_id, "report": str(report), "events": ids}
+    return result.as_dict() | {"run_name": run_name, "run_id": run.run_id, "report": str(report), "events": ids,
+                               "batch_version": tracked.as_dict() if tracked else None}
 
 
 if __name__ == "__main__":

@@ -250,6 +250,55 @@ def checkout_version(root: Path, rev: str, dest: Path, target: str = "data") -> 
     return _version(root, target, full, str(dest))
 
 
+@dataclass(frozen=True)
+class TrackedPath:
+    """A DVC-tracked path of some git+DVC repository, as of one commit, copied here."""
+
+    repo: str
+    path: str
+    rev: str
+    md5: str
+    local: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fetch_tracked(repo: str | Path, path: str, rev: str | None, dest_root: Path) -> TrackedPath:
+    """Copy ``path``, tracked by DVC in ``repo`` (a local git+DVC repository or a git URL, e.g. a
+    data registry) as of ``rev`` (default: its HEAD), to ``dest_root/<md5>/`` from the DVC cache,
+    else the repository's remote. A path fetched before (same content hash) is reused."""
+    from dvc.api import DVCFileSystem
+
+    _quiet_dvc()
+    where = f"{path} in {repo} at {rev or 'HEAD'}"
+    try:
+        fs = DVCFileSystem(str(repo), rev=rev or "HEAD")
+        commit = fs.repo.get_rev()
+        info = fs.info(path)
+    except FileNotFoundError as exc:
+        raise VersioningError(f"{where} does not exist; check the path (relative to the repository) and --rev") from exc
+    except Exception as exc:  # noqa: BLE001  (scmrepo's revision and clone errors have no common base)
+        raise VersioningError(f"cannot read {where}: {type(exc).__name__}: {exc}; check --repo and --rev") from exc
+    md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
+    if not md5:
+        raise VersioningError(f"{where} is not tracked by DVC; `dvc add {path}` and commit the .dvc file, or pass "
+                              "the folder itself without --rev/--repo")
+    if info.get("type") != "directory":
+        raise VersioningError(f"{where} is a file; a DVC-tracked production batch is a folder of images")
+    dest = Path(dest_root) / md5.removesuffix(".dir")
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            fs.get(path, str(tmp), recursive=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-copied batch
+            raise
+        tmp.rename(dest)
+    return TrackedPath(str(repo), path, commit, md5, str(dest))
+
+
 def git_head(root: Path) -> str:
     """The project's current commit, or "" outside git."""
     return git(root, "rev-parse", "HEAD", check=False)

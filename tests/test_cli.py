@@ -13,7 +13,8 @@ from transferops import __version__
 from transferops.cli import cli, main
 from transferops.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VALIDATION
 
-COMMANDS = ["init", "demo", "source", "train", "profile", "drift", "status", "sample", "monitor", "retrain", "deploy"]
+COMMANDS = ["init", "demo", "source", "train", "profile", "drift", "status", "sample", "monitor", "retrain", "deploy",
+            "serve"]
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -72,3 +72,41 @@ def test_retrain_needs_new_data_records_its_trigger_then_cools_down(loop):
     assert last["run"] == done["run_name"] and last["version"] == "2" and last["status"] in ("promoted", "not promoted")
     again = retrain(RetrainParams(project_dir=str(project), trigger=trigger))
     assert again["status"] == "skipped" and again["reason"].startswith("cooldown")
+
+
+def test_monitor_reads_a_batch_tracked_by_dvc_in_a_data_registry_at_a_revision(loop, flat_batch):
+    """A production batch versioned with plain `dvc add` in another git+DVC repository: the monitor
+    copies it as of --rev (from DVC's cache; the workspace copy is gone) and records what it read."""
+    import shutil
+
+    from dvc.repo import Repo
+
+    from flows.monitor import MonitorParams, monitor
+    from tasks.dvcstore import VersioningError, git
+
+    root, project = loop
+    registry_repo = root / "data-registry"
+    registry_repo.mkdir()
+    git(registry_repo, "init", "-q")
+    Repo.init(str(registry_repo))
+    day = registry_repo / "production" / "day1"
+    revs = {}
+    for version, (seed, n_styles) in {"one": (6, ("shifted",)), "two": (7, ("shifted", "plain"))}.items():
+        shutil.rmtree(day, ignore_errors=True)
+        shutil.copytree(flat_batch(root, f"registry-{version}", seed, *n_styles)[0], day)
+        Repo(str(registry_repo)).add(str(day))
+        git(registry_repo, "add", "-A")
+        git(registry_repo, "commit", "-q", "-m", f"production day1 {version}")
+        revs[version] = git(registry_repo, "rev-parse", "HEAD")
+    shutil.rmtree(day)  # only git and DVC's cache know the images now
+
+    first = monitor(MonitorParams(batch="production/day1", batch_repo=str(registry_repo), batch_rev=revs["one"],
+                                  project_dir=str(project), emit_events=False))
+    assert first["n_images"] == 45 and first["batch_version"]["rev"] == revs["one"] and first["is_drift"]
+    latest = monitor(MonitorParams(batch="production/day1", batch_repo=str(registry_repo), project_dir=str(project),
+                                   emit_events=False))
+    assert latest["n_images"] == 90 and latest["batch_version"]["rev"] == revs["two"]
+    assert latest["batch_version"]["md5"] != first["batch_version"]["md5"]
+    with pytest.raises(VersioningError, match="is not tracked by DVC"):
+        monitor(MonitorParams(batch="production", batch_repo=str(registry_repo), project_dir=str(project),
+                              emit_events=False))

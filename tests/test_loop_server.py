@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tasks.prefect_server import stop_process
 from transferops.samples import write_shapes
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -36,16 +36,6 @@ def _start(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) ->
     # a session of its own: stopping it stops its children (the worker's flow runs) too
     return subprocess.Popen(args, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _poll(check, timeout: float, what: str, interval: float = 1.0, procs: tuple = ()):
@@ -106,7 +96,7 @@ def stack(tmp_path_factory):
         yield {"root": root, "project": project, "url": url, "env": env, "procs": tuple(procs)}
     finally:
         for p, _ in reversed(procs):
-            _stop(p)
+            stop_process(p)
 
 
 def _retrain_runs(url: str) -> list[dict]:
@@ -167,3 +157,58 @@ def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_cl
     assert not clean["is_drift"] and "transferops.drift.detected" not in clean["events"]
     _poll(lambda: len(_events(url, "transferops.drift.checked", since)) >= 3, 60, "the third checked event")
     assert len(_events(url, "transferops.drift.detected", since)) == 2 and len(_retrain_runs(url)) == 1
+
+
+def _deployment(url: str, name: str) -> dict | None:
+    try:
+        res = httpx.get(f"{url}/deployments/name/{name}", timeout=5)
+    except httpx.HTTPError:  # not up yet
+        return None
+    return res.json() if res.status_code == 200 else None
+
+
+def test_serve_runs_the_loop_without_workers_on_a_server_it_starts_and_stops(tmp_path, source_bundle, flat_batch):
+    """`transferops serve`: no PREFECT_API_URL, so it starts a local server in the project; the
+    monitor deployment gets its schedule, a drift event runs the retrain in the serving process."""
+    project = tmp_path / "project"
+    project.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")} | {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "DO_NOT_TRACK": "1",
+        "TRANSFEROPS_MONITOR__RETRAIN_ON": "drift", "TRANSFEROPS_TRAINING__MIN_STEPS": "0",
+        "TRANSFEROPS_STRATEGY__BASELINE_MAX_TRAIN_IMAGES": "0"}
+    log = tmp_path / "serve.log"
+    serve = _start([sys.executable, "-m", "transferops.cli", "-C", str(project), "--json", "serve", "--port", str(port),
+                    "--name", "monitor", "--name", "retrain"], env, log, cwd=tmp_path)
+    procs = ((serve, log),)
+    try:
+        _poll(lambda: _deployment(url, "transferops-retrain/retrain"), 300, "serve to register the deployments",
+              procs=procs)
+        assert (project / ".transferops" / "prefect" / "prefect.db").exists()  # the server lives in the project
+        monitor_dep = _deployment(url, "transferops-monitor/monitor")
+        assert [s["schedule"]["cron"] for s in monitor_dep["schedules"]] == ["0 6 * * *"]
+        assert _deployment(url, "transferops-retrain/retrain")["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+
+        cli_env = env | {"PREFECT_API_URL": url}
+        first = _cli(cli_env, project, "train", "--data", str(write_shapes(tmp_path / "plain", per_class=30, seed=1)),
+                     "--source", str(source_bundle), "--strategy", "feature_extraction")
+        assert first["version"] == "1"
+        _cli(cli_env, project, "data", "add", str(write_shapes(tmp_path / "shifted", per_class=30, seed=2, style="shifted")))
+        shifted = _cli(cli_env, project, "monitor", "--batch", str(flat_batch(tmp_path, "batch", 3, "shifted")[0]))
+        assert shifted["retrain"] and shifted["events"]["transferops.drift.detected"]
+        done = _poll(lambda: [r for r in _retrain_runs(url) if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")],
+                     480, "the served retrain run to finish", interval=3, procs=procs)
+        assert len(done) == 1 and done[0]["state_type"] == "COMPLETED", log.read_text()[-4000:]
+        champion = [r for r in _cli(cli_env, project, "status") if "champion" in r["aliases"] and r["version"] == "2"]
+        assert champion and champion[0]["next_monitor"][:4].isdigit(), champion
+    finally:
+        stop_process(serve)
+    # SIGTERM to serve stopped the server it had started, too
+    assert serve.returncode == 0, log.read_text()[-3000:]
+    _poll(lambda: not _healthy_port(port), 30, "the local server to stop")
+
+
+def _healthy_port(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

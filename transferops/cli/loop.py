@@ -6,6 +6,7 @@ import flows and Prefect only inside their bodies (``--help`` stays fast).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _monitor_view(r: dict[str, Any]) -> dict[str, Any]:
     """The fields a person reads first; --json has everything."""
     est = r["estimated_accuracy"]
-    view = {"model": f"{r['model']} v{r['version']}", "batch": r["batch"],
+    tracked = r.get("batch_version")
+    batch = f"{tracked['path']} of {tracked['repo']} at {tracked['rev'][:12]}" if tracked else r["batch"]
+    view = {"model": f"{r['model']} v{r['version']}", "batch": batch,
             "images (embedded)": f"{r['n_images']} ({r['n_embedded']})",
             "drift": f"{r['is_drift']} ({r['test']} statistic {r['statistic']:.4g}, p={r['p_val']:.3g})",
             "estimated accuracy": "n/a" if est is None else f"{est:.3f} (held-out {r['heldout_accuracy']:.3f})"}
@@ -36,17 +39,28 @@ def _monitor_view(r: dict[str, Any]) -> dict[str, Any]:
 
 
 @command(cli, "monitor", "compare a batch of unlabelled production images with the champion's training data")
-@click.option("--batch", required=True, help="folder of production images (any layout) or a manifest with a path column")
+@click.option("--batch", required=True, help="folder of production images (any layout) or a manifest with a path "
+              "column; with --rev/--repo, a folder tracked by DVC there")
+@click.option("--rev", "batch_rev", default=None, help="git revision of the DVC-tracked batch (default: HEAD)")
+@click.option("--repo", "batch_repo", default=None,
+              help="git+DVC repository (path or URL) the batch is tracked in (default: the project)")
 @click.option("--labels", default=None, help="CSV of path,label for images of the batch (labels that arrived later)")
 @click.option("--no-events", is_flag=True, help="emit no transferops.drift.* events (nothing gets triggered)")
 @click.option("--exit-code", "exit_code", is_flag=True, help=f"exit with {EXIT_DRIFT} when the policy asks for a retrain")
-def monitor_cmd(state: State, out: Output, batch: str, labels: str | None, no_events: bool, exit_code: bool) -> int:
+def monitor_cmd(state: State, out: Output, batch: str, batch_rev: str | None, batch_repo: str | None,
+                labels: str | None, no_events: bool, exit_code: bool) -> int:
     from flows.monitor import MonitorParams, monitor
 
-    if not Path(batch).exists():
-        raise InputError(f"production batch {batch} does not exist; pass a folder of images or a manifest")
-    # relative paths are relative to where the command runs, as for every command
-    result = monitor(MonitorParams(batch=str(Path(batch).resolve()), labels=str(Path(labels).resolve()) if labels else None,
+    tracked = bool(batch_rev or batch_repo)
+    if not tracked and not Path(batch).exists():
+        raise InputError(f"production batch {batch} does not exist; pass a folder of images or a manifest "
+                         "(or --rev/--repo for a DVC-tracked one)")
+    if batch_repo and "://" not in batch_repo and not batch_repo.startswith("git@"):
+        batch_repo = str(Path(batch_repo).resolve())
+    # relative paths are relative to where the command runs, as for every command; a tracked
+    # batch's path is relative to its repository
+    result = monitor(MonitorParams(batch=batch if tracked else str(Path(batch).resolve()), batch_rev=batch_rev,
+                                   batch_repo=batch_repo, labels=str(Path(labels).resolve()) if labels else None,
                                    project_dir=str(state.project()), config_file=state.config,
                                    emit_events=not no_events))
     out.result(result if out.json else _monitor_view(result), "Monitor")
@@ -90,3 +104,38 @@ def deploy_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: 
         raise InputError(f"prefect deploy failed (exit {res.returncode}); its output is above")
     out.result({"prefect_file": prefect_file, "deployments": list(names) or "all", "api": PREFECT_API_URL.value()},
                "Deployed")
+
+
+@command(cli, "serve", "run the deployments of prefect.yaml (schedules, triggers) in this process, without workers")
+@click.option("--name", "names", multiple=True,
+              help="deployment to serve (repeatable; default: every one not on a GPU pool)")
+@click.option("--prefect-file", default=str(REPO / "prefect.yaml"), show_default=True, help="deployment file")
+@click.option("--port", type=click.IntRange(1, 65535), default=4200, show_default=True,
+              help="port of the local Prefect server started when PREFECT_API_URL is not set")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="most flow runs at once (default: no limit)")
+def serve_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: str, port: int,
+              limit: int | None) -> None:
+    from contextlib import nullcontext
+
+    from flows.serve import deployment_specs, serve_deployments
+
+    specs = deployment_specs(Path(prefect_file), names)
+    project = state.project()
+    # served flow runs are child processes: they find the project (and the API) in the environment
+    os.environ["TRANSFEROPS_PROJECT_DIR"] = str(project)
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        server = nullcontext(configured)
+    else:
+        from tasks.prefect_server import local_server
+
+        server = local_server(project / ".transferops" / "prefect", port, say=out.note)
+    with server as url:
+        os.environ["PREFECT_API_URL"] = url
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: url}):
+            out.note(f"serving {', '.join(s['name'] for s in specs)} for project {project} against {url}; "
+                     "Ctrl-C stops (and pauses their schedules)")
+            serve_deployments(specs, limit=limit)
+    out.result({"served": [s["name"] for s in specs], "api": url, "project": str(project)}, "Served")
