@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from transferops.errors import InputError
-from transferops.estimate import Calibration, confidence_scores, fit_calibration, fit_temperature
+from transferops.estimate import Calibration, confidence_scores, fit_calibration, fit_temperature, support_distances
 
 
 def _softmax(z):
@@ -69,8 +69,47 @@ def test_max_confidence_score_and_round_trip():
     (lambda p, y: Calibration.from_dict({"temperature": 1.0}), "retrain the model"),
     (lambda p, y: fit_calibration(p, y).estimate(p[:0]), "no images"),
     (lambda p, y: fit_calibration(p, y, method="doc"), "unknown estimation method"),
+    (lambda p, y: support_distances(np.ones((3, 4)), np.ones((5, 6))), "same width"),
+    (lambda p, y: fit_calibration(p, y, embeddings=np.ones((100, 4)), reference=np.ones((9, 4)),
+                                  support_quantile=0.2), "support_quantile"),
 ])
 def test_bad_inputs_name_the_fix(call, match):
     p, y = _model(100, 3.0, 7)
     with pytest.raises(InputError, match=match):
         call(p, y)
+
+
+def _clusters(n, k, seed, spread=0.3, dim=16):
+    """Embeddings around k unit-vector class centres (one class per axis)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    return np.eye(dim)[y] + rng.normal(0, spread / np.sqrt(dim), (n, dim)), y
+
+
+def test_support_rule_keeps_the_heldout_estimate_and_counts_far_images_at_chance():
+    k = 5
+    p, y = _model(2000, 5.0, 2, k=k)
+    emb, _ = _clusters(2000, k, 8)
+    ref, _ = _clusters(1000, k, 9)
+    cal = fit_calibration(p, y, embeddings=emb, reference=ref)
+    assert cal.support_quantile == 0.95 and cal.support_radius > 0
+    # by construction, on the held-out data (5 % of it is outside the radius)
+    assert cal.estimate(p, embeddings=emb, reference=ref) == pytest.approx(cal.heldout_accuracy, abs=1e-3)
+    # confident predictions on images far from every training embedding: plain ATC believes
+    # them, the support rule counts them at chance
+    q, _ = _model(1000, 20.0, 3, k=k)
+    far = -_clusters(1000, k, 10)[0]
+    plain = cal.estimate(q)
+    assert plain > 0.9 and cal.estimate(q, embeddings=far, reference=ref) == pytest.approx(1 / k)
+    # embeddings like the training ones: the same as without the rule, nearly
+    near, _ = _clusters(1000, k, 11)
+    assert abs(cal.estimate(q, embeddings=near, reference=ref) - plain) < 0.06
+    assert Calibration.from_dict(cal.as_dict()) == cal
+    old = {key: v for key, v in cal.as_dict().items() if not key.startswith("support")}  # a record of 0.1.0
+    assert Calibration.from_dict(old).support_radius is None
+
+
+def test_support_distances_are_the_mean_cosine_distance_to_the_nearest_references():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    d = support_distances(np.array([[2.0, 0.0], [1.0, 1.0]]), ref, k=2)
+    assert d == pytest.approx([1 - 0.5, 1 - np.sqrt(0.5)])

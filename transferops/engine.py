@@ -272,14 +272,16 @@ def export_bundle(settings: "Settings", model: "nn.Module", src: "SourceModel", 
                            meta={"backbone": src.backbone, "weights": str(bundle.path), "data": str(images.root),
                                  "transforms": transforms_spec(src.weights)})
     profile.save(bundle.path / "profile.npz")
-    write_calibration(settings, model, src, images, bundle.path)
+    write_calibration(settings, model, src, images, bundle.path, reference=profile.embeddings)
     return bundle.path
 
 
 def write_calibration(settings: "Settings", model: "nn.Module", src: "SourceModel", images: "ImageSet",
-                      folder: Path) -> Path | None:
+                      folder: Path, reference: "np.ndarray | None" = None) -> Path | None:
     """Fit the accuracy estimate the monitor uses on the held-out images (val and test: the model
-    never trained on either) and store it beside the model; None when there are too few."""
+    never trained on either), with the support radius around the training profile's
+    ``reference`` embeddings when given, and store it beside the model; None when there are
+    too few."""
     import json
 
     from transferops.drift.profile import build_profile
@@ -292,7 +294,8 @@ def write_calibration(settings: "Settings", model: "nn.Module", src: "SourceMode
         return None
     out = build_profile(model, held, images.class_to_idx, src.weights, size=len(held),
                         batch_size=settings.training.batch_size, device=resolve_device(settings.training.device))
-    cal = fit_calibration(out.probs, out.labels, method=settings.monitor.estimator)
+    cal = fit_calibration(out.probs, out.labels, method=settings.monitor.estimator, embeddings=out.embeddings,
+                          reference=reference)
     path = folder / CALIBRATION_FILE
     path.write_text(json.dumps(cal.as_dict(), indent=1))
     return path

@@ -11,6 +11,14 @@ estimated accuracy is the share scoring above the same threshold. The score is t
 entropy of the temperature-scaled softmax (ATC-NE, the paper's better variant); temperature
 scaling (Guo et al., ICML 2017) first makes the confidences mean what they say.
 
+**Support.** A shift can move images to where the model is confidently wrong (a rotated or
+inverted image that looks like another class): no confidence score sees that. Where the
+embeddings are at hand, an image whose mean cosine distance to its ``SUPPORT_K`` nearest
+training embeddings exceeds what ``support_quantile`` (95 %) of the held-out images have is
+*outside the training support*, and counts at chance (1 / classes) instead of by its
+confidence; the ATC threshold is fitted with the same rule, so that the estimate on the
+held-out images still equals their accuracy. Without embeddings, the estimate is plain ATC.
+
 Everything works on softmax outputs (the profile and the monitor keep those, not logits):
 ``log p`` differs from the logits by a per-row constant, which softmax ignores, so
 ``softmax(log p / T)`` is the temperature-scaled softmax. Pure numpy.
@@ -32,6 +40,8 @@ METHODS: tuple[str, ...] = ("atc", "average_confidence")
 _EPS = 1e-12
 # Fewer labelled held-out images than this make the threshold too coarse to trust (1/n steps).
 MIN_CALIBRATION = 20
+# neighbours in the training profile whose mean distance places an image in or out of support
+SUPPORT_K = 10
 
 
 def _check_probs(probs: Any, name: str) -> np.ndarray:
@@ -89,6 +99,22 @@ def confidence_scores(probs: Any, temperature: float = 1.0, score: Score = "nega
     return (np.exp(logp) * logp).sum(axis=1)
 
 
+def support_distances(embeddings: Any, reference: Any, k: int = SUPPORT_K) -> np.ndarray:
+    """Per image: the mean cosine distance to its ``k`` nearest ``reference`` embeddings."""
+    e, r = np.asarray(embeddings, dtype=np.float32), np.asarray(reference, dtype=np.float32)
+    if e.ndim != 2 or r.ndim != 2 or e.shape[1] != r.shape[1] or not len(r):
+        raise InputError(f"embeddings {e.shape} and reference {r.shape} must be 2-D with the same width; pass the "
+                         "model's embeddings of the images and of its training profile")
+    e = e / np.clip(np.linalg.norm(e, axis=1, keepdims=True), 1e-12, None)
+    r = r / np.clip(np.linalg.norm(r, axis=1, keepdims=True), 1e-12, None)
+    k = min(k, len(r))
+    out = np.empty(len(e))
+    for i in range(0, len(e), 2048):  # 2048 x 1000 similarities at a time: bounded memory
+        sim = e[i:i + 2048] @ r.T
+        out[i:i + 2048] = 1.0 - np.partition(sim, len(r) - k, axis=1)[:, -k:].mean(axis=1)
+    return out
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What the monitor needs to estimate accuracy: stored beside a model, fitted on its
@@ -100,10 +126,15 @@ class Calibration:
     heldout_accuracy: float
     n: int
     method: str = "atc"
+    # the support rule (module docstring); None: fitted without embeddings, plain ATC
+    support_radius: float | None = None
+    support_quantile: float | None = None
 
-    def estimate(self, probs: Any, method: str | None = None) -> float:
-        """Estimated accuracy on unlabelled images: the share scoring above the threshold (ATC),
-        or the mean temperature-scaled top probability (average confidence)."""
+    def estimate(self, probs: Any, method: str | None = None, embeddings: Any = None, reference: Any = None) -> float:
+        """Estimated accuracy on unlabelled images: the share scoring above the threshold (ATC;
+        with ``embeddings`` and the training ``reference`` embeddings, images outside the
+        support count at chance), or the mean temperature-scaled top probability (average
+        confidence)."""
         method = method or self.method
         if method not in METHODS:
             raise InputError(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
@@ -112,7 +143,10 @@ class Calibration:
         if method == "average_confidence":
             return float(confidence_scores(probs, self.temperature, "max_confidence").mean())
         s = confidence_scores(probs, self.temperature, self.score)  # type: ignore[arg-type]
-        return float((s > self.threshold).mean())
+        if self.support_radius is None or embeddings is None or reference is None:
+            return float((s > self.threshold).mean())
+        inside = support_distances(embeddings, reference) <= self.support_radius
+        return float(((s > self.threshold) & inside).mean() + (~inside).mean() / np.asarray(probs).shape[1])
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,37 +154,51 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Calibration":
         try:
+            radius, q = d.get("support_radius"), d.get("support_quantile")
             return cls(float(d["temperature"]), float(d["threshold"]), str(d["score"]),
-                       float(d["heldout_accuracy"]), int(d["n"]), str(d.get("method", "atc")))
+                       float(d["heldout_accuracy"]), int(d["n"]), str(d.get("method", "atc")),
+                       None if radius is None else float(radius), None if q is None else float(q))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"calibration record is incomplete ({exc}); retrain the model to rewrite it") from None
 
 
 def fit_calibration(probs: Any, labels: Any, score: Score = "negative_entropy", method: Method = "atc",
-                    min_images: int = MIN_CALIBRATION) -> Calibration:
-    """Temperature, then the ATC threshold, from labelled held-out softmax outputs.
+                    min_images: int = MIN_CALIBRATION, embeddings: Any = None, reference: Any = None,
+                    support_quantile: float = 0.95) -> Calibration:
+    """Temperature, then the ATC threshold, from labelled held-out softmax outputs (and, with
+    their ``embeddings`` and the training ``reference`` embeddings, the support radius).
 
-    The threshold sits at the error rate's quantile of the scores, so that the share of
-    held-out images above it equals the held-out accuracy.
+    The threshold sits among the scores so that the held-out estimate equals the held-out
+    accuracy: the share above it is the accuracy (plain ATC), or, with the support rule, the
+    in-support share above it plus the out-of-support share at chance is.
     """
     p = _check_probs(probs, "held-out probs")
     y = np.asarray(labels, dtype=np.int64)
     if len(p) < min_images:
         raise InputError(f"{len(p)} labelled held-out images are too few to calibrate an accuracy estimate "
                          f"(at least {min_images}); add images to the val and test splits")
+    if method not in METHODS:
+        raise InputError(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.5 <= support_quantile <= 1.0:
+        raise InputError(f"support_quantile {support_quantile} must be in [0.5, 1]; 0.95 is the default")
     t = fit_temperature(p, y)
     s = confidence_scores(p, t, score)
-    correct = p.argmax(axis=1) == y
-    acc = float(correct.mean())
-    # above the threshold: exactly the top round(acc * n) scores (ties aside)
-    order = np.sort(s)
-    k = len(s) - int(round(acc * len(s)))  # images at or below the threshold
+    acc = float((p.argmax(axis=1) == y).mean())
+    radius = None
+    inside = np.ones(len(s), dtype=bool)
+    if embeddings is not None and reference is not None:
+        d = support_distances(embeddings, reference)
+        radius = float(np.quantile(d, support_quantile))
+        inside = d <= radius
+    # above the threshold: the top `above` in-support scores (ties aside)
+    order = np.sort(s[inside])
+    above = int(round(acc * len(s) - (~inside).sum() / p.shape[1]))
+    k = len(order) - min(max(above, 0), len(order))  # in-support images at or below the threshold
     if k <= 0:
         thr = float(order[0]) - 1.0
-    elif k >= len(s):
+    elif k >= len(order):
         thr = float(order[-1])
     else:
         thr = float((order[k - 1] + order[k]) / 2)
-    if method not in METHODS:
-        raise InputError(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
-    return Calibration(t, thr, score, acc, int(len(p)), method)
+    return Calibration(t, thr, score, acc, int(len(p)), method, radius,
+                       None if radius is None else support_quantile)

@@ -192,9 +192,11 @@ def monitor_batch(settings: "Settings", bundle: "Bundle", version: str | None, b
     report = drift_report(reference, prod.embeddings, probs=prod.probs if reference.probs is not None else None,
                           cfg=settings.drift, decision=settings.drift.decision_test)
     cal = load_calibration(bundle)
-    estimated = cal.estimate(prod.probs, settings.monitor.estimator) if cal else None
+    estimated = cal.estimate(prod.probs, settings.monitor.estimator, prod.embeddings, reference.embeddings) if cal else None
+    support = (f"; images beyond the {cal.support_quantile:.0%} held-out distance to the training embeddings count at "
+               "chance" if cal and cal.support_radius is not None and settings.monitor.estimator == "atc" else "")
     note = (f"{settings.monitor.estimator} calibrated on {cal.n} held-out images (temperature {cal.temperature:.2f})"
-            if cal else "the model has no stored calibration; retrain it to estimate accuracy without labels")
+            f"{support}" if cal else "the model has no stored calibration; retrain it to estimate accuracy without labels")
     realized, n_labelled = None, 0
     if labels_file is not None:
         known = read_labels(labels_file, batch, classes)
