@@ -132,9 +132,19 @@ def test_source_and_train(tmp_path, capfd, prefect_harness):
 
 @pytest.mark.integration
 def test_demo(tmp_path, capfd, prefect_harness):
-    """The whole demo (about a minute on 2 cores): its story goes to stderr, its summary is the document."""
+    """The whole demo, loop included: its story goes to stderr, its summary is the document. The
+    noised production batch is detected, the estimate sees the drop, the retrain is promoted."""
     assert main(["demo", "-C", str(tmp_path / "demo"), "--json"]) == 0
     summary, err = one_json(capfd)
     assert summary["workdir"] == str((tmp_path / "demo").resolve()) and len(summary["runs"]) == 3
-    assert summary["champion"].startswith("transferops-classifier v")
-    assert all(f"{i}/5" in err for i in range(1, 6))
+    assert all(f"{i}/6" in err for i in range(1, 7))
+    watch, new = summary["monitor"], summary["retrain"]
+    assert watch["is_drift"] and watch["retrain"] and watch["n_images"] == 1797 - 1200
+    # the champion really is worse on the noised batch, and the estimate says so without labels
+    assert watch["realized_accuracy"] < watch["heldout_accuracy"] - 0.05
+    assert watch["estimated_accuracy"] < watch["heldout_accuracy"] - 0.05
+    assert new["status"] == "retrained" and new["promoted"] and new["version"] == "2"
+    assert summary["champion"] == "transferops-classifier v2"
+    assert [r["promoted"] for r in summary["runs"]] == ["champion (source)", "champion", "champion"]
+    index = (tmp_path / "demo" / "reports" / "README.md").read_text()
+    assert "Production drifted" in index and "demo-monitor" in index and "demo-retrain" in index

@@ -3,7 +3,8 @@
 * ``write_font_digits``: a *source* domain with plenty of data: digits 0-9 typeset
   in the TrueType fonts that matplotlib ships, jittered in size, position and angle.
 * ``write_handwritten_digits``: a small *target* domain of real images: the 1,797
-  handwritten digits (UCI optical recognition set) that scikit-learn ships.
+  handwritten digits (UCI optical recognition set) that scikit-learn ships, optionally noised
+  (``flatten_labelled`` turns such a tree into an unlabelled production batch and its labels).
 * ``write_shapes``: tiny coloured shapes for fast tests, with a ``style`` knob
   that shifts the distribution.
 
@@ -59,20 +60,42 @@ def write_font_digits(root: str | Path, per_class: int = 300, size: int = 32, se
     return root
 
 
-def write_handwritten_digits(root: str | Path, size: int = 32, limit: int | None = None) -> Path:
-    """Write scikit-learn's real 8x8 handwritten digits, upscaled, as PNGs in ``root/<digit>/``."""
+def write_handwritten_digits(root: str | Path, size: int = 32, limit: int | None = None, start: int = 0,
+                             noise: float = 0.0, seed: int = 0, prefix: str = "hand") -> Path:
+    """Write scikit-learn's real 8x8 handwritten digits ``start`` .. ``start + limit``, upscaled,
+    as PNGs ``root/<digit>/<prefix>_<index>.png``; ``noise`` adds Gaussian noise of that many grey
+    levels (a visible corruption, for a production batch that drifts)."""
     from sklearn.datasets import load_digits
 
     root = Path(root)
     digits = load_digits()
-    n = len(digits.images) if limit is None else min(limit, len(digits.images))
-    for i in range(n):
+    stop = len(digits.images) if limit is None else min(start + limit, len(digits.images))
+    rng = np.random.default_rng(seed)
+    for i in range(start, stop):
         label = str(int(digits.target[i]))
         (root / label).mkdir(parents=True, exist_ok=True)
         arr = (digits.images[i] / 16.0 * 255).astype(np.uint8)
         img = Image.fromarray(arr, "L").resize((size, size), Image.BILINEAR)
-        img.save(root / label / f"hand_{i:04d}.png")
+        if noise:
+            noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, noise, (size, size))
+            img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+        img.save(root / label / f"{prefix}_{i:04d}.png")
     return root
+
+
+def flatten_labelled(tree: str | Path, dest: str | Path) -> Path:
+    """Move the images of an ImageFolder ``tree`` into one flat folder ``dest`` (an unlabelled
+    production batch) and write their labels to ``dest``'s sibling ``<dest>-labels.csv``
+    (``path,label``, paths relative to ``dest``: labels that arrive later). Returns the CSV."""
+    tree, dest = Path(tree), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = ["path,label"]
+    for f in sorted(tree.glob("*/*.png")):
+        f.rename(dest / f.name)
+        rows.append(f"{f.name},{f.parent.name}")
+    labels = dest.with_name(f"{dest.name}-labels.csv")
+    labels.write_text("\n".join(rows) + "\n")
+    return labels
 
 
 _SHAPES = ("circle", "square", "triangle", "cross")
