@@ -96,3 +96,21 @@ def test_project_dir_precedence_and_env_errors_name_the_variable(tmp_path, monke
     monkeypatch.setenv("TRANSFEROPS_TRAINING__EPOCHS", "-1")
     with pytest.raises(ConfigError, match="'training.epochs' in environment variable TRANSFEROPS_TRAINING__EPOCHS"):
         load_settings()
+
+
+def test_the_infra_example_file_is_valid_and_spells_the_defaults():
+    """infra/transferops.yaml.example is read by the same rules as a project's file, so a renamed
+    setting fails here instead of in an operator's first run."""
+    from pathlib import Path
+
+    import yaml
+
+    from transferops.config import Settings
+
+    example = yaml.safe_load((Path(__file__).resolve().parent.parent / "infra" / "transferops.yaml.example").read_text())
+    sections = {k: v for k, v in example.items() if isinstance(v, dict)}
+    assert {"training", "strategy", "drift", "promotion", "monitor"} <= set(sections)
+    settings = Settings(**example)
+    for name in sections:
+        section = getattr(settings, name)  # against the class's defaults: the tests' environment overrides some
+        assert section.model_dump() == type(section)().model_dump(), f"{name}: the example is not the default"
