@@ -45,10 +45,19 @@ def _flow(entrypoint: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _triggers(deployment: str, specs: list[dict[str, Any]]) -> list[Any]:
+    """Event triggers from their ``prefect.yaml`` form (``type: event``, ...), named as
+    ``prefect deploy`` names them (``<deployment>__automation_<n>``)."""
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(DeploymentTriggerTypes)
+    return [adapter.validate_python({"name": f"{deployment}__automation_{i}"} | spec) for i, spec in enumerate(specs, 1)]
+
+
 def runner_deployments(specs: list[dict[str, Any]]) -> list[Any]:
     """Prefect ``RunnerDeployment`` objects for ``specs``: same name, parameters, tags,
     schedules (cron, interval), event triggers and concurrency limit as ``prefect deploy``."""
-    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron, Interval
@@ -67,8 +76,7 @@ def runner_deployments(specs: list[dict[str, Any]]) -> list[Any]:
         deployments.append(_flow(spec["entrypoint"]).to_deployment(
             name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
             parameters=spec.get("parameters") or {}, schedules=schedules or None,
-            # copies: Prefect names the triggers in place
-            triggers=_initialize_deployment_triggers(spec["name"], [dict(t) for t in spec.get("triggers") or []]),
+            triggers=_triggers(spec["name"], spec.get("triggers") or []),
             concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
             # flows.monitor.monitor, not a file path: runs import it from the installed package,
             # whatever folder `transferops serve` was started in
