@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as replace_
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -235,19 +235,28 @@ def checkout_version(root: Path, rev: str, dest: Path, target: str = "data") -> 
     if is_store(here) and full == git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc", check=False):
         verify(here, full=False)  # the current version is already checked out: no copy
         return _version(root, target, full, str(here))
-    dest = Path(dest)
+    def fill(tmp: Path) -> None:
+        DVCFileSystem(str(root), rev=full).get(target, str(tmp), recursive=True)
+        if is_store(tmp):
+            verify(tmp)
+
+    dest = _materialise(Path(dest), fill)
+    return _version(root, target, full, str(dest))
+
+
+def _materialise(dest: Path, fill: Callable[[Path], None]) -> Path:
+    """``dest``, written by ``fill`` into a ``.partial`` sibling and renamed into place, unless it
+    exists already: an interrupted copy never leaves a half-written folder behind."""
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            DVCFileSystem(str(root), rev=full).get(target, str(tmp), recursive=True)
-            if is_store(tmp):
-                verify(tmp)
+            fill(tmp)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-checked-out version
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         tmp.rename(dest)
-    return _version(root, target, full, str(dest))
+    return dest
 
 
 @dataclass(frozen=True)
@@ -286,16 +295,7 @@ def fetch_tracked(repo: str | Path, path: str, rev: str | None, dest_root: Path)
                               "the folder itself without --rev/--repo")
     if info.get("type") != "directory":
         raise VersioningError(f"{where} is a file; a DVC-tracked production batch is a folder of images")
-    dest = Path(dest_root) / md5.removesuffix(".dir")
-    if not dest.exists():
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            fs.get(path, str(tmp), recursive=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-copied batch
-            raise
-        tmp.rename(dest)
+    dest = _materialise(Path(dest_root) / md5.removesuffix(".dir"), lambda tmp: fs.get(path, str(tmp), recursive=True))
     return TrackedPath(str(repo), path, commit, md5, str(dest))
 
 

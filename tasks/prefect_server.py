@@ -27,12 +27,14 @@ from transferops.errors import InputError
 START_TIMEOUT_S = 300.0
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``."""
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _healthy(url: str) -> bool:
+def api_healthy(url: str) -> bool:
+    """Whether the Prefect API at ``url`` answers ``/health``."""
     try:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
@@ -45,7 +47,7 @@ def local_server(home: Path, port: int, say: Callable[[str], None] = lambda _m: 
     """Start ``prefect server`` on 127.0.0.1:``port`` with its home and database in ``home``;
     yield its API URL once it answers ``/health``; stop it (and its children) on exit."""
     url = f"http://127.0.0.1:{port}/api"
-    if _port_in_use(port):
+    if port_in_use(port):
         raise InputError(f"port {port} on 127.0.0.1 is in use; pass another --port, or set PREFECT_API_URL to use "
                          "the server that is running there")
     home.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ def local_server(home: Path, port: int, say: Callable[[str], None] = lambda _m: 
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
-        while not _healthy(url):
+        while not api_healthy(url):
             if proc.poll() is not None:
                 raise InputError(f"the local Prefect server exited with {proc.returncode}; see {log}")
             if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.prefect_server import stop_process
+from tasks.prefect_server import api_healthy, port_in_use, stop_process
 from transferops.samples import write_shapes
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -81,13 +81,7 @@ def stack(tmp_path_factory):
                         env, root / "server.log")
         procs.append((server, root / "server.log"))
 
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _poll(healthy, 240, "the prefect server to answer /health", procs=tuple(procs))
+        _poll(lambda: api_healthy(url), 240, "the prefect server to answer /health", procs=tuple(procs))
         subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "transferops-cpu", "--type", "process"],
                        env=env, check=True, capture_output=True, timeout=120)
         worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "transferops-cpu",
@@ -206,9 +200,5 @@ def test_serve_runs_the_loop_without_workers_on_a_server_it_starts_and_stops(tmp
         stop_process(serve)
     # SIGTERM to serve stopped the server it had started, too
     assert serve.returncode == 0, log.read_text()[-3000:]
-    _poll(lambda: not _healthy_port(port), 30, "the local server to stop")
+    _poll(lambda: not port_in_use(port), 30, "the local server to stop")
 
-
-def _healthy_port(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
