@@ -29,9 +29,10 @@ class RunContext:
     run_name: str
 
 
-def open_run(project_dir: str, config_file: str | None, run_name: str | None, kind: str,
+def open_run(project_dir: str | None, config_file: str | None, run_name: str | None, kind: str,
              epochs: int | None = None) -> RunContext:
-    """Load the settings (with the run's ``epochs`` override) and prepare the project, once per run."""
+    """Load the settings (with the run's ``epochs`` override) and prepare the project, once per run.
+    ``project_dir`` None: ``TRANSFEROPS_PROJECT_DIR``, else the working directory."""
     settings = load_settings(project_dir, config_file)
     if epochs:
         settings.training.epochs = epochs

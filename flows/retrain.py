@@ -5,6 +5,11 @@ registry remembers so that a redeploy resetting Prefect's trigger window changes
 and no retrain without new labelled data since the champion's version. Then the train
 flow's own steps on the newest labelled data version, with the trigger (event id, monitor
 run, statistics) in the run's tags and the new version's lineage.
+
+Where it trains: when the GPU pool (``monitor.gpu_pool``) has a worker online, the training is
+handed to the GPU train deployment (``monitor.gpu_deployment``) as a subflow of this run, on
+the data version this run just committed to ``data.dvc``; otherwise it runs in this process.
+The result and the registry's retrain record say which, and why.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pydantic import BaseModel, Field
 
 from flows.common import open_run, prepare_data
 from flows.train import TrainParams, train_version
-from tasks import registry
+from tasks import deployments, registry
+from tasks.tracking import summary_of_flow_run
 from transferops.errors import InputError
 from transferops.retraining import retrain_guard
 from transferops.strategy import CHOICES
@@ -81,17 +87,36 @@ def retrain(params: RetrainParams) -> dict:
               if params.trigger else None}
     registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record)  # the cooldown starts now
     print(f"Retraining {s.model_name} from {source} on data {data.version.rev[:12]}: {go.reason}")
-    train_params = TrainParams(source=source, strategy=params.strategy, project_dir=str(s.project_dir),
-                               config_file=params.config_file, run_name=ctx.run_name)
+    # No project_dir: a GPU worker finds the project in its own environment. The data version
+    # is a commit prepare_data just made, which that worker's checkout shares (prefect.yaml's pull step).
+    # trigger {} (a retrain by hand) still makes the deployment's run a retrain.
+    train_params = TrainParams(source=source, strategy=params.strategy, data_rev=data.version.rev,
+                               trigger=params.trigger or {}, config_file=params.config_file,
+                               run_name=ctx.run_name, epochs=params.epochs)
+    trained_on: dict[str, Any] = {}
     try:
-        summary = train_version(ctx, data, train_params, "retrain", params.trigger)
+        pool = deployments.check_pool(s.monitor.gpu_pool)
+        if pool.online:
+            print(f"Handing training to {s.monitor.gpu_deployment}: {pool.reason}")
+            trained_on = {"where": f"gpu pool {s.monitor.gpu_pool}", "deployment": s.monitor.gpu_deployment}
+            child = deployments.run_train_deployment(s.monitor.gpu_deployment, train_params.model_dump(mode="json"))
+            trained_on["flow_run_id"] = str(child.id)
+            if not (child.state and child.state.is_completed()):
+                ended = child.state.type.value if child.state else "without a state"
+                raise deployments.DeploymentRunError(f"training on {s.monitor.gpu_deployment} ended {ended} "
+                                                     f"(flow run {child.id}); its logs are in the Prefect UI")
+            summary = summary_of_flow_run(s, str(child.id))
+        else:
+            print(f"Training in this process: {pool.reason}")
+            trained_on = {"where": "in-process", "reason": pool.reason}
+            summary = train_version(ctx, data, train_params, "retrain", params.trigger)
     except BaseException:
-        registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record | {"status": "failed"})
+        registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record | {"status": "failed", "trained_on": trained_on})
         raise
     registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record | {
         "status": "promoted" if summary["promoted"] else "not promoted", "version": summary["version"],
-        "finished": _now().isoformat(timespec="seconds")})
-    return base | summary | {"status": "retrained", "reason": go.reason}
+        "finished": _now().isoformat(timespec="seconds"), "trained_on": trained_on})
+    return base | summary | {"status": "retrained", "reason": go.reason, "trained_on": trained_on}
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def develop_source(params: SourceParams) -> dict:
                        git_sha=versioning.code_git_sha(), test_accuracy=metrics["accuracy"],
                        classes=tuple(images.classes), drift_note="source model: no drift test").tags()
         bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
-                                        {"lineage": tags, "role": "source"})
+                                        {"lineage": tags, "role": "source"}, shift_panel=False)
         mv = registry.log_and_register(s, run.run_id, s.source_model_name, trained.model, bundle,
                                        input_example(src.weights, images), tags)
         summary = {"run_name": ctx.run_name, "run_id": run.run_id, "model": s.source_model_name, "version": mv.version,

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.runtime import flow_run as prefect_flow_run
 from pydantic import BaseModel, Field, model_validator
 
 from flows.common import PreparedData, RunContext, open_run, prepare_data
 from tasks import modeling, registry, versioning
-from tasks.tracking import tracked_run
+from tasks.tracking import FLOW_RUN_TAG, SUMMARY_ARTIFACT, tracked_run
 from transferops.engine import checkpoint_key, input_example
 from transferops.lineage import Lineage
 from transferops.promotion import decide_promotion
@@ -31,10 +32,14 @@ class TrainParams(BaseModel):
     strategy: Literal[CHOICES] = "auto"  # type: ignore[valid-type]  (the core's names, one list)
     backbone: str | None = Field(None, description="architecture of a .pt source file")
     source_profile: str | None = Field(None, description=".npz of source reference embeddings, overriding the source's own")
-    project_dir: str = "."
+    # None: TRANSFEROPS_PROJECT_DIR, else the working directory, so a worker on another machine
+    # (the GPU pool) uses its own checkout of the project, not the path of whoever started the run.
+    project_dir: str | None = None
     config_file: str | None = None
     epochs: int | None = Field(None, ge=1, description="overrides training.epochs")
     run_name: str | None = None
+    trigger: dict[str, Any] | None = Field(None, description="set by the retrain flow ({} for one by hand): what "
+                                           "started the retrain; the run is then tagged and traced as a retrain")
 
     @model_validator(mode="after")
     def _one_data(self) -> "TrainParams":
@@ -49,6 +54,8 @@ def train(params: TrainParams) -> dict:
     ctx = open_run(params.project_dir, params.config_file, params.run_name, "train", params.epochs)
     # 1-2. validate and version new data, or check out an existing version and validate it again
     data = prepare_data(ctx, source=params.data, rev=params.data_rev, allow_class_change=params.allow_class_change)
+    if params.trigger is not None:  # a retrain handed to this deployment (the GPU pool)
+        return train_version(ctx, data, params, "retrain", params.trigger)
     return train_version(ctx, data, params)
 
 
@@ -59,6 +66,8 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
     s = ctx.settings
     version, images = data.version, data.images
     tags = {"transferops.flow": flow_name, "transferops.data_rev": version.rev}
+    if prefect_flow_run.id:  # how a retrain that handed training to another machine finds this run
+        tags[FLOW_RUN_TAG] = prefect_flow_run.id
     tags |= {f"transferops.trigger.{k}": str(v)[:250] for k, v in (trigger or {}).items()}
     with tracked_run(s, ctx.run_name, tags) as run:
         # 3-4. drift against the source domain, then the reuse strategy
@@ -118,6 +127,7 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
             "transfer_benefit": baseline.benefit.as_dict() if baseline.benefit else None,
             "transfer_benefit_note": baseline.note,
         }
+        run.log_json(summary, SUMMARY_ARTIFACT)  # read back by a retrain that ran this flow elsewhere
         report = run.report(RunReport(ctx.run_name, summary, trained.fit.history, metrics["confusion"], images.classes,
                                       src.profile.embeddings if src.profile else None, drift.target_embeddings,
                                       drift.report.as_dict() if drift.report else None, data.validation_file,

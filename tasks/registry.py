@@ -141,10 +141,7 @@ def log_and_register(settings: Settings, run_id: str, name: str, model: Any, bun
                                                     f"torchvision=={torchvision.__version__.split('+')[0]}"])
         c.log_artifacts(run_id, str(local), "model")
     c.log_artifacts(run_id, str(bundle_dir), "bundle")
-    try:
-        c.get_registered_model(name)
-    except Exception:  # not found: first version of this name
-        c.create_registered_model(name, description="Registered by transferops; load with models:/NAME@champion")
+    ensure_registered(c, name)
     source = f"{c.get_run(run_id).info.artifact_uri}/model"
     mv = c.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
     return RegisteredVersion(name, str(mv.version), run_id, (), dict(mv.tags))
@@ -226,7 +223,19 @@ def set_model_tag(settings: Settings, name: str, key: str, value: Any) -> None:
     if len(text) > TAG_LIMIT:
         raise RegistryError(f"tag {key} of {name} would hold {len(text)} characters (MLflow keeps {TAG_LIMIT}); "
                             "store less in it")
-    client(settings).set_registered_model_tag(name, key, text)
+    c = client(settings)
+    ensure_registered(c, name)  # a first retrain with an explicit source tags a model no run has registered yet
+    c.set_registered_model_tag(name, key, text)
+
+
+def ensure_registered(c: Any, name: str) -> None:
+    """Create the registered model ``name`` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:  # not found: the first version of this name
+        c.create_registered_model(name, description="Registered by transferops; load with models:/NAME@champion")
 
 
 def model_tags(settings: Settings, name: str) -> dict[str, str]:

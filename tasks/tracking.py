@@ -8,7 +8,9 @@ the run as FAILED on any exception (re-raised), so a failed flow never leaves a 
 
 from __future__ import annotations
 
+import json
 import numbers
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 from tasks import registry
 from transferops.config import Settings
+from transferops.errors import InputError
 from transferops.report import RunReport
+
+# Tags that tie an MLflow run to the Prefect flow run it ran in, and the artifact holding a
+# train run's summary: a run on another machine (the GPU pool) is found and read back by them.
+FLOW_RUN_TAG = "transferops.prefect_flow_run_id"
+SUMMARY_ARTIFACT = "decision/summary.json"
 
 
 @dataclass
@@ -66,3 +74,24 @@ def tracked_run(settings: Settings, run_name: str, tags: dict[str, str]) -> Iter
         registry.end_run(settings, run_id, "FAILED")
         raise
     registry.end_run(settings, run_id, "FINISHED")
+
+
+def summary_of_flow_run(settings: Settings, flow_run_id: str) -> dict[str, Any]:
+    """The ``decision/summary.json`` of the newest finished run in the settings' experiment tagged
+    with Prefect flow run ``flow_run_id`` (a train run that ran elsewhere, e.g. on the GPU pool)."""
+    c = registry.client(settings)
+    exp = c.get_experiment_by_name(settings.experiment)
+    runs = c.search_runs([exp.experiment_id], f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1) if exp else []
+    if not runs:
+        raise InputError(f"no finished MLflow run of Prefect flow run {flow_run_id} in experiment {settings.experiment} "
+                         f"at {settings.resolved_tracking_uri}; the worker that ran it must log to this tracking URI "
+                         "(TRANSFEROPS_TRACKING_URI)")
+    run_id = runs[0].info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = c.download_artifacts(run_id, SUMMARY_ARTIFACT, tmp)
+        except Exception as exc:  # noqa: BLE001  (MlflowException or OSError, depending on the store)
+            raise InputError(f"MLflow run {run_id} of Prefect flow run {flow_run_id} has no {SUMMARY_ARTIFACT} "
+                             f"({type(exc).__name__}); it was trained by an older transferops") from None
+        return json.loads(Path(local).read_text())

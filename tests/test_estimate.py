@@ -113,3 +113,41 @@ def test_support_distances_are_the_mean_cosine_distance_to_the_nearest_reference
     ref = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     d = support_distances(np.array([[2.0, 0.0], [1.0, 1.0]]), ref, k=2)
     assert d == pytest.approx([1 - 0.5, 1 - np.sqrt(0.5)])
+
+
+def _batch(n, seed, collapse=0.0, onto=0, k=5, dim=8):
+    """Labels, confident softmax outputs and embeddings (a cluster per predicted class) of a
+    model that is right 90 % of the time; a ``collapse`` share of the images is moved onto
+    class ``onto``: confidently predicted as it, embedded among its training images, wrong
+    unless that is their label. No confidence or distance sees it; the class mix does."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    pred = np.where(rng.random(n) < 0.9, y, rng.integers(0, k, n))
+    pred = np.where(rng.random(n) < collapse, onto, pred)
+    z = rng.normal(0, 1, (n, k))
+    z[np.arange(n), pred] += 6
+    return _softmax(z), y, np.eye(k, dim)[pred] + rng.normal(0, 0.3, (n, dim))
+
+
+def test_regression_on_a_shift_panel_sees_a_collapse_that_atc_misses():
+    k = 5
+    p, y, emb = _batch(1500, 0, k=k)
+    ref = _batch(1000, 1, k=k)[2]
+    panel = [_batch(300, 10 + i, collapse=f, onto=1, k=k) for i, f in enumerate((0.2, 0.5, 0.9))]
+    cal = fit_calibration(p, y, method="regression", embeddings=emb, reference=ref, panel=panel)
+    assert cal.panel_size == 3 and len(cal.coefficients) == 4 and cal.far_radius >= cal.support_radius
+    assert cal.method_used(embeddings=emb) == "regression"
+    assert abs(cal.estimate(p, embeddings=emb, reference=ref) - cal.heldout_accuracy) < 0.03
+    # 60 % collapsed onto a class the panel never collapsed onto
+    q, yq, eq = _batch(1000, 20, collapse=0.6, onto=3, k=k)
+    true = float((q.argmax(1) == yq).mean())
+    atc = cal.estimate(q, "atc", eq, ref)
+    assert atc - true > 0.3  # confident and in support: ATC believes them
+    assert abs(cal.estimate(q, embeddings=eq, reference=ref) - true) < 0.08
+    assert Calibration.from_dict(cal.as_dict()) == cal
+    # without embeddings, or fitted without a panel, the regression falls back to ATC
+    assert cal.method_used() == "atc" and cal.estimate(q) == cal.estimate(q, "atc")
+    bare = fit_calibration(p, y, method="regression", embeddings=emb, reference=ref)
+    assert bare.coefficients is None and bare.method_used(embeddings=eq) == "atc_support"
+    with pytest.raises(InputError, match="panel entry 0"):
+        fit_calibration(p, y, embeddings=emb, reference=ref, panel=[(q[:, :3], yq, eq)])

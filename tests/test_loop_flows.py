@@ -53,8 +53,10 @@ def test_monitor_logs_reports_remembers_and_emits(loop, flat_batch):
 def test_retrain_needs_new_data_records_its_trigger_then_cools_down(loop):
     from flows.retrain import LAST_RETRAIN_TAG, RetrainParams, retrain
     from tasks import registry
+    from tasks.tracking import summary_of_flow_run
     from transferops.cli import main
     from transferops.config import load_settings
+    from transferops.errors import InputError
 
     root, project = loop
     trigger = {"event_id": "e-1", "monitor_run_id": "m-1", "p_value": "0.001"}
@@ -63,13 +65,21 @@ def test_retrain_needs_new_data_records_its_trigger_then_cools_down(loop):
     assert main(["-C", str(project), "data", "add", str(write_shapes(root / "new", per_class=30, seed=2, style="shifted"))]) == 0
     done = retrain(RetrainParams(project_dir=str(project), trigger=trigger, strategy="feature_extraction"))
     assert done["status"] == "retrained" and done["version"] == "2"
+    # the harness's API has no transferops-gpu pool, so the training ran here, and says why
+    assert done["trained_on"] == {"where": "in-process", "reason": "no worker online in pool transferops-gpu (no such pool)"}
     s = load_settings(project)
     v2 = [v for v in registry.list_versions(s, s.model_name) if v.version == "2"][0]
     assert json.loads(v2.tags["transferops.trigger"])["event_id"] == "e-1"
     run = registry.client(s).get_run(done["run_id"])
     assert run.data.tags["transferops.flow"] == "retrain" and run.data.tags["transferops.trigger.monitor_run_id"] == "m-1"
+    # the summary a retrain reads back when the GPU pool trained: found by the Prefect flow run id
+    summary = summary_of_flow_run(s, run.data.tags["transferops.prefect_flow_run_id"])
+    assert summary["run_id"] == done["run_id"] and summary["version"] == "2" and "report" not in summary
+    with pytest.raises(InputError, match="no finished MLflow run of Prefect flow run nope"):
+        summary_of_flow_run(s, "nope")
     last = json.loads(registry.model_tags(s, s.model_name)[LAST_RETRAIN_TAG])
     assert last["run"] == done["run_name"] and last["version"] == "2" and last["status"] in ("promoted", "not promoted")
+    assert last["trained_on"] == done["trained_on"]
     again = retrain(RetrainParams(project_dir=str(project), trigger=trigger))
     assert again["status"] == "skipped" and again["reason"].startswith("cooldown")
 

@@ -153,6 +153,62 @@ def test_drift_event_triggers_one_retrain_that_promotes_then_the_window_and_a_cl
     assert len(_events(url, "transferops.drift.detected", since)) == 2 and len(_retrain_runs(url)) == 1
 
 
+def _get(url: str, path: str) -> dict:
+    res = httpx.get(f"{url}{path}", timeout=10)
+    res.raise_for_status()
+    return res.json()
+
+
+def test_a_retrain_hands_training_to_the_gpu_deployment_while_its_pool_has_a_worker_online(stack, source_bundle):
+    """A worker on transferops-gpu: a forced retrain runs `train-gpu` as its subflow (on the CPU here:
+    the test's copy of prefect.yaml sets the deployment's device to cpu) and reads the summary back."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks import registry
+    from tasks.deployments import gpu_worker_online
+    from transferops.config import load_settings
+
+    root, project, url, env = (stack[k] for k in ("root", "project", "url", "env"))
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert not gpu_worker_online("transferops-gpu")  # no such pool yet
+    log = root / "worker-gpu.log"
+    worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "transferops-gpu", "--type", "process"],
+                    env, log)
+    try:
+        spec = (REPO / "prefect.yaml").read_text().replace("directory: /opt/transferops", f"directory: {REPO}")
+        spec = spec.replace("TRANSFEROPS_TRAINING__DEVICE: cuda", "TRANSFEROPS_TRAINING__DEVICE: cpu")
+        assert "TRANSFEROPS_TRAINING__DEVICE: cpu" in spec
+        (root / "prefect-gpu.yaml").write_text(spec)
+        _cli(env, project, "deploy", "--prefect-file", str(root / "prefect-gpu.yaml"), "--name", "train-gpu")
+        with temporary_settings({PREFECT_API_URL: url}):
+            _poll(lambda: gpu_worker_online("transferops-gpu"), 120, "the gpu worker to be online", procs=((worker, log),))
+        if registry.alias_version(load_settings(project), "transferops-classifier", "champion") is None:  # run alone
+            _cli(env, project, "train", "--data", str(write_shapes(root / "plain", per_class=30, seed=1)),
+                 "--source", str(source_bundle), "--strategy", "feature_extraction")
+        res = _cli(env, project, "retrain", "--force", "--strategy", "feature_extraction")
+    finally:
+        stop_process(worker)
+        httpx.delete(f"{url}/work_pools/transferops-gpu", timeout=10)  # later retrains of the module train in-process
+    where = res["trained_on"]
+    assert where["where"] == "gpu pool transferops-gpu" and where["deployment"] == "transferops-train/train-gpu"
+    child = _get(url, f"/flow_runs/{where['flow_run_id']}")
+    assert child["state_type"] == "COMPLETED", log.read_text()[-4000:]
+    assert child["deployment_id"] == _deployment(url, "transferops-train/train-gpu")["id"]
+    parent = _get(url, f"/flow_runs/{_get(url, '/task_runs/' + child['parent_task_run_id'])['flow_run_id']}")
+    assert _get(url, f"/flows/{parent['flow_id']}")["name"] == "transferops-retrain"
+    assert parent["parameters"]["params"]["trigger"] == {"by": "command line"} and parent["state_type"] == "COMPLETED"
+
+    s = load_settings(project)
+    version = [v for v in registry.list_versions(s, s.model_name) if v.version == res["version"]][0]
+    assert version.run_id == res["run_id"] and version.tags["transferops.data_rev"] == res["data_rev"]
+    assert float(version.tags["transferops.test_accuracy"]) == pytest.approx(res["test_accuracy"], abs=1e-6)
+    run = registry.client(s).get_run(res["run_id"])
+    assert run.data.tags["transferops.prefect_flow_run_id"] == where["flow_run_id"]
+    assert run.data.tags["transferops.flow"] == "retrain" and run.data.params["training.device"] == "cpu"
+    last = json.loads(registry.model_tags(s, s.model_name)["transferops.last_retrain"])
+    assert last["trained_on"] == where and last["version"] == res["version"]
+
+
 def _deployment(url: str, name: str) -> dict | None:
     try:
         res = httpx.get(f"{url}/deployments/name/{name}", timeout=5)

@@ -49,3 +49,28 @@ def test_a_schedule_serve_cannot_run_is_refused(tmp_path):
     path.write_text("deployments:\n  - name: m\n    entrypoint: flows/monitor.py:monitor\n    schedules: [{rrule: 'FREQ=DAILY'}]\n")
     with pytest.raises(InputError, match="only cron and interval schedules"):
         runner_deployments(deployment_specs(path))
+
+
+def test_the_gpu_pool_is_only_used_through_a_configured_api_and_an_unset_pool_disables_it():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.deployments import check_pool, gpu_worker_online
+
+    # Prefect's ephemeral API (no URL) runs in the retrain's own process: no worker to hand to
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert not gpu_worker_online("transferops-gpu")
+        assert check_pool("transferops-gpu").reason == "no Prefect API configured"
+    for unset in (None, ""):
+        assert check_pool(unset).reason == "hand-off disabled (monitor.gpu_pool unset)"
+
+
+def test_a_retrain_hands_train_params_with_its_trigger_and_no_project_folder():
+    from flows.train import TrainParams
+
+    params = TrainParams(source="models:/transferops-source@champion", data_rev="a1b2c3d",
+                         trigger={"event_id": "e-1", "p_value": "0.001"})
+    dumped = params.model_dump(mode="json")
+    # what run_deployment sends: JSON, read back the same by the deployment's flow
+    assert TrainParams.model_validate(dumped) == params
+    assert dumped["trigger"] == {"event_id": "e-1", "p_value": "0.001"} and dumped["project_dir"] is None
+    assert TrainParams(source="x:y").trigger is None  # a plain train run is no retrain

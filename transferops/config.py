@@ -179,14 +179,24 @@ class MonitorConfig(_Section):
     # shrugs off need not cost a training run); "drift": on any drift.
     retrain_on: Literal["drift", "drift_and_drop"] = "drift_and_drop"
     max_accuracy_drop: float = Field(0.05, ge=0, le=1)  # estimated drop below held-out accuracy that counts
-    # Accuracy without labels: "atc" (average thresholded confidence) or "average_confidence".
-    estimator: Literal["atc", "average_confidence"] = "atc"
+    # Accuracy without labels: "regression" (ATC, far share and class-mix change regressed on
+    # synthetic shifts of the held-out images; bench/results/estimate.md: the only one within
+    # 5 points on severe shifts), "atc" (average thresholded confidence) or "average_confidence".
+    estimator: Literal["regression", "atc", "average_confidence"] = "regression"
+    # held-out images scored under each synthetic shift of the regression's panel (per model:
+    # 18 shifts x 300 images take about 5 s on 2 CPU cores at 32 px)
+    calibration_images: int = Field(300, ge=20)
     max_images: int = Field(10_000, ge=10)  # a larger batch is subsampled evenly
     # Embedding a batch is inference only: batches larger than training's run faster on a CPU
     # (bench/monitor/speed_bench.py: 64 -> 256 cuts 10,000 images at 32 px from 17 s to 13 s).
     batch_size: int = Field(256, ge=1)
     # No second retrain of the same model within this many hours of the last one (0: no cooldown).
     cooldown_hours: float = Field(24.0, ge=0)
+    # The retrain flow trains on this pool when a worker there is online (a GPU costs minutes
+    # where a CPU costs hours), else in its own process; None or "" keeps it in-process always.
+    gpu_pool: str | None = "transferops-gpu"
+    # The deployment it hands training to: prefect.yaml's train flow on that pool, pinned to CUDA.
+    gpu_deployment: str = "transferops-train/train-gpu"
 
 
 class Settings(BaseSettings):

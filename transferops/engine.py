@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
     from torchvision.models import Weights
 
@@ -259,8 +260,10 @@ def evaluate_champion(settings: "Settings", bundle: "Bundle | None", version: st
 
 
 def export_bundle(settings: "Settings", model: "nn.Module", src: "SourceModel", images: "ImageSet", dest: Path,
-                  extra: dict[str, Any]) -> Path:
-    """Write the trained model as a bundle with its training profile (embeddings of its train split)."""
+                  extra: dict[str, Any], shift_panel: bool = True) -> Path:
+    """Write the trained model as a bundle with its training profile (embeddings of its train
+    split) and its accuracy calibration; ``shift_panel=False`` skips the regression's synthetic
+    shifts (a source model is a starting point for transfer, not a model the monitor watches)."""
     from transferops.models import save_bundle, transforms_spec
     from transferops.sources import embed_images
     from transferops.training import resolve_device
@@ -272,16 +275,17 @@ def export_bundle(settings: "Settings", model: "nn.Module", src: "SourceModel", 
                            meta={"backbone": src.backbone, "weights": str(bundle.path), "data": str(images.root),
                                  "transforms": transforms_spec(src.weights)})
     profile.save(bundle.path / "profile.npz")
-    write_calibration(settings, model, src, images, bundle.path, reference=profile.embeddings)
+    write_calibration(settings, model, src, images, bundle.path, reference=profile.embeddings, shift_panel=shift_panel)
     return bundle.path
 
 
 def write_calibration(settings: "Settings", model: "nn.Module", src: "SourceModel", images: "ImageSet",
-                      folder: Path, reference: "np.ndarray | None" = None) -> Path | None:
+                      folder: Path, reference: "np.ndarray | None" = None, shift_panel: bool = True) -> Path | None:
     """Fit the accuracy estimate the monitor uses on the held-out images (val and test: the model
     never trained on either), with the support radius around the training profile's
-    ``reference`` embeddings when given, and store it beside the model; None when there are
-    too few."""
+    ``reference`` embeddings when given, and, for the regression estimator, on up to
+    ``monitor.calibration_images`` of them under each shift of ``transferops.corruptions.PANEL``;
+    store it beside the model. None when there are too few held-out images."""
     import json
 
     from transferops.drift.profile import build_profile
@@ -292,13 +296,48 @@ def write_calibration(settings: "Settings", model: "nn.Module", src: "SourceMode
     held = images.split("val") + images.split("test")
     if len(held) < MIN_CALIBRATION:
         return None
+    device = resolve_device(settings.training.device)
     out = build_profile(model, held, images.class_to_idx, src.weights, size=len(held),
-                        batch_size=settings.training.batch_size, device=resolve_device(settings.training.device))
+                        batch_size=settings.training.batch_size, device=device)
+    panel = []
+    if shift_panel and settings.monitor.estimator == "regression" and reference is not None:
+        panel = panel_outputs(model, held, images.class_to_idx, src.weights, settings.monitor.calibration_images,
+                            settings.monitor.batch_size, device, settings.training.seed)
     cal = fit_calibration(out.probs, out.labels, method=settings.monitor.estimator, embeddings=out.embeddings,
-                          reference=reference)
+                          reference=reference, panel=panel, seed=settings.training.seed)
     path = folder / CALIBRATION_FILE
     path.write_text(json.dumps(cal.as_dict(), indent=1))
     return path
+
+
+def panel_outputs(model: "nn.Module", records: list, class_to_idx: dict[str, int], weights: "Weights", size: int,
+                batch_size: int, device: "torch.device", seed: int = 0) -> list[tuple["np.ndarray", "np.ndarray", "np.ndarray"]]:
+    """``(probs, labels, embeddings)`` of up to ``size`` of ``records`` (an even spread) under
+    each corruption of ``transferops.corruptions.PANEL``, applied before the model's own
+    preprocessing."""
+    import torch
+    from torchvision.transforms import v2
+
+    from transferops.corruptions import PANEL, Corrupt
+    from transferops.loading import make_loader
+    from transferops.training import extract_embeddings
+
+    chosen = [records[i] for i in np.linspace(0, len(records) - 1, min(size, len(records))).round().astype(int)]
+    labels = np.array([class_to_idx[r.label] for r in chosen], dtype=np.int64)
+    base = weights.transforms()
+    panel = []
+    # channels_last: oneDNN's CPU convolutions run it faster with the same values; `to` works
+    # in place, so the model is put back before it is saved or registered
+    model.to(memory_format=torch.channels_last)
+    try:
+        for i, (kind, strength) in enumerate(PANEL):
+            loader = make_loader(chosen, class_to_idx, v2.Compose([Corrupt(kind, strength, seed + i), base]),
+                                 batch_size=batch_size, shuffle=False)
+            emb, probs = extract_embeddings(model, loader, torch.device(device))
+            panel.append((probs, labels, emb))
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+    return panel
 
 
 def input_example(weights: "Weights", images: "ImageSet") -> "np.ndarray":

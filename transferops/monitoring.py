@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from transferops.config import MonitorConfig, Settings
     from transferops.data import ImageSet
     from transferops.drift.profile import Profile
+    from transferops.estimate import Calibration
     from transferops.models import Bundle
 
 CALIBRATION_FILE = "calibration.json"
@@ -163,6 +164,18 @@ def load_calibration(bundle: "Bundle"):
     return Calibration.from_dict(json.loads(p.read_text()))
 
 
+def estimate_note(cal: "Calibration", used: str) -> str:
+    """One sentence on how the accuracy estimate was made, for the report and the log."""
+    base = f"calibrated on {cal.n} held-out images (temperature {cal.temperature:.2f})"
+    support = f"images beyond the {cal.support_quantile or 0:.0%} held-out distance to the training embeddings count at chance"
+    if used == "regression":
+        return (f"regression of ATC, the far share and the class-mix change on {cal.panel_size} synthetic shifts of the "
+                f"held-out images, {base}")
+    if used == "atc_support":
+        return f"ATC {base}; {support}"
+    return f"{'ATC' if used == 'atc' else 'average confidence'} {base}"
+
+
 def monitor_batch(settings: "Settings", bundle: "Bundle", version: str | None, batch: "ImageSet",
                   labels_file: str | Path | None = None,
                   progress: Callable[[str], None] | None = None) -> tuple[MonitorResult, "Profile", "Profile"]:
@@ -196,10 +209,8 @@ def monitor_batch(settings: "Settings", bundle: "Bundle", version: str | None, b
                           cfg=settings.drift, decision=settings.drift.decision_test)
     cal = load_calibration(bundle)
     estimated = cal.estimate(prod.probs, settings.monitor.estimator, prod.embeddings, reference.embeddings) if cal else None
-    support = (f"; images beyond the {cal.support_quantile:.0%} held-out distance to the training embeddings count at "
-               "chance" if cal and cal.support_radius is not None and settings.monitor.estimator == "atc" else "")
-    note = (f"{settings.monitor.estimator} calibrated on {cal.n} held-out images (temperature {cal.temperature:.2f})"
-            f"{support}" if cal else "the model has no stored calibration; retrain it to estimate accuracy without labels")
+    note = (estimate_note(cal, cal.method_used(settings.monitor.estimator, prod.embeddings)) if cal
+            else "the model has no stored calibration; retrain it to estimate accuracy without labels")
     realized, n_labelled = None, 0
     if labels_file is not None:
         known = read_labels(labels_file, batch, classes)

@@ -308,7 +308,9 @@ def status_cmd(state: State, out: Output) -> None:
                                             f"accuracy {'n/a' if est is None else format(est, '.3f')}, retrain {m['retrain']}"
                                             if m else "none yet (transferops monitor --batch DIR)") +
                       "\n  last retrain: " + (f"{t['started']} ({t['run']}): {t['status']}"
-                                              + (f", v{t['version']}" if t.get("version") else "") if t else "none yet") +
+                                              + (f", v{t['version']}" if t.get("version") else "")
+                                              + (f", trained: {t['trained_on']['where']}" if t.get("trained_on") else "")
+                                              if t else "none yet") +
                       f"\n  next monitor: {r['next_monitor']}")
 
 

@@ -82,7 +82,17 @@ def retrain_cmd(state: State, out: Output, data: str | None, source: str | None,
                                    trigger={"by": "command line"}))
     keys = ("status", "reason", "model", "version", "promoted", "promotion_reason", "strategy", "test_accuracy",
             "champion_test_accuracy", "data_rev", "report")
-    out.result(result if out.json else {k: result[k] for k in keys if k in result}, "Retrain")
+    view = {k: result[k] for k in keys if k in result}
+    if result.get("trained_on"):
+        view["trained on"] = trained_on_line(result["trained_on"])
+    out.result(result if out.json else view, "Retrain")
+
+
+def trained_on_line(where: dict[str, Any]) -> str:
+    """Where a retrain trained, in a line: the GPU deployment and its flow run, or why in-process."""
+    if where.get("deployment"):
+        return f"{where['where']} ({where['deployment']}, flow run {where['flow_run_id']})"
+    return f"{where['where']}: {where.get('reason', '')}"
 
 
 @command(cli, "deploy", "register the deployments of prefect.yaml (schedules, triggers) with the Prefect API")
