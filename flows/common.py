@@ -48,6 +48,16 @@ class PreparedData:
     images: ImageSet
     validation_file: Path
 
+    @property
+    def validated(self) -> bool:
+        """Whether this run validated the data and the suite passed (the promotion's validation gate)."""
+        import json
+
+        try:
+            return json.loads(self.validation_file.read_text()).get("success") is True
+        except (OSError, ValueError):
+            return False
+
 
 def prepare_data(ctx: RunContext, source: str | None = None, rev: str | None = None, target: str = "data",
                  replace: bool = False, allow_class_change: bool = False, message: str | None = None) -> PreparedData:

@@ -6,6 +6,8 @@ never reaches ``data.dvc``, the DVC remote or the registry.
 
 from __future__ import annotations
 
+import re
+from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow
@@ -17,9 +19,10 @@ from tasks import modeling, registry, versioning
 from tasks.tracking import FLOW_RUN_TAG, SUMMARY_ARTIFACT, tracked_run
 from transferops.engine import checkpoint_key, input_example
 from transferops.lineage import Lineage
-from transferops.promotion import decide_promotion
+from transferops.promotion import decide_promotion, gate_table
 from transferops.report import RunReport
 from transferops.strategy import CHOICES
+from transferops.training import resolve_device
 
 
 class TrainParams(BaseModel):
@@ -85,19 +88,23 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
             run.log_metrics({f"drift_{r.test}_p_val": r.p_val for r in drift.report.results}
                             | {"source_similarity": drift.report.similarity})
 
-        # 5-6. fine-tune, evaluate challenger and champion on the same held-out split
+        # 5-6. fine-tune, evaluate challenger and champion on the same held-out split, time the challenger
         key = checkpoint_key(version.md5, params.source, choice.name, choice.params, s.training.model_dump())
         trained = modeling.train_model(s, run, src, choice, images, key)
         metrics = modeling.evaluate_on_test(s, trained.model, src.weights, images)
         run.log_metrics(metrics, prefix="test_")
+        run.log_metrics({f"test_recall_{_metric_key(c)}": r for c, r in metrics["per_class_recall"].items() if r is not None})
+        example = input_example(src.weights, images)
+        cost = modeling.measure_latency(trained.model, tuple(example.shape[1:]), resolve_device(s.training.device),
+                                        repeats=s.promotion.latency_repeats)
+        run.log_metrics(cost.metrics())
         baseline = modeling.scratch_baseline(s, src, choice, images, key, trained)
         if baseline.benefit:
             print(f"Transfer benefit: {baseline.benefit.sentence()}")
             run.log_metrics(baseline.benefit.metrics())
         champion = modeling.evaluate_champion(s, images)
-        decision = decide_promotion(metrics, champion.metrics, s.promotion)
 
-        # 7. register with lineage, report, and only then move the aliases
+        # 7. register with lineage, decide (every gate), report, and only then move the aliases
         lineage = Lineage(role="target", data_rev=version.rev, data_md5=version.md5, backbone=src.backbone,
                           source=params.source, strategy=choice.name, strategy_reason=choice.reason,
                           strategy_params=choice.params,
@@ -108,16 +115,23 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
         tags = lineage.tags()
         bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})
-        mv = registry.log_and_register(s, run.run_id, s.model_name, trained.model, bundle,
-                                       input_example(src.weights, images), tags)
+        mv = registry.log_and_register(s, run.run_id, s.model_name, trained.model, bundle, example, tags)
+        decision = decide_promotion(metrics, champion.metrics, s.promotion, validation_ok=data.validated,
+                                    lineage_missing=lineage.missing(), latency_ms=cost.latency_ms.get(1),
+                                    version=mv.version)
+        print(f"Promotion: {decision.reason}")
+        registry.set_version_tags(s, s.model_name, mv.version, decision.tags())
         run.log_json(decision.as_dict() | {"champion_note": champion.note}, "decision/promotion.json")
+        run.log_text(gate_table(decision), "decision/gates.md")
         summary = {
             "run_name": ctx.run_name, "run_id": run.run_id, "model": s.model_name, "version": mv.version,
             "promoted": decision.promote, "promotion_reason": decision.reason, "previous_champion": champion.version,
+            "awaiting_approval": decision.awaiting_approval, "gates": [asdict(g) for g in decision.gates],
             "strategy": choice.name, "strategy_reason": choice.reason, "strategy_params": choice.params,
             "strategy_evidence": choice.evidence, "selection_seconds": choice.selection_seconds,
             "data_rev": version.rev, "data_md5": version.md5,
-            "test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
+            "test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "test_ece": metrics["ece"],
+            "latency_ms_b1": cost.latency_ms.get(1), "model_params": cost.params,
             "champion_test_accuracy": champion.metrics["accuracy"] if champion.metrics else None,
             "similarity": drift.similarity,
             "drift_p_val": drift.result.p_val if drift.result else None, "drift_note": drift.reason,
@@ -128,16 +142,23 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
             "transfer_benefit_note": baseline.note,
         }
         run.log_json(summary, SUMMARY_ARTIFACT)  # read back by a retrain that ran this flow elsewhere
-        report = run.report(RunReport(ctx.run_name, summary, trained.fit.history, metrics["confusion"], images.classes,
+        facts = {k: v for k, v in summary.items() if k != "gates"}  # the gates get their own table
+        report = run.report(RunReport(ctx.run_name, facts, trained.fit.history, metrics["confusion"], images.classes,
                                       src.profile.embeddings if src.profile else None, drift.target_embeddings,
                                       drift.report.as_dict() if drift.report else None, data.validation_file,
                                       benefit=baseline.benefit, scratch_history=baseline.history,
                                       strategy={"name": choice.name, "reason": choice.reason} | choice.params
-                                      | {f"evidence.{k}": v for k, v in choice.evidence.items()}))
+                                      | {f"evidence.{k}": v for k, v in choice.evidence.items()},
+                                      promotion=gate_table(decision)))
         registry.set_alias(s, s.model_name, registry.CHALLENGER, mv.version)
         if decision.promote:
-            registry.set_alias(s, s.model_name, registry.CHAMPION, mv.version)
+            registry.set_alias(s, s.model_name, registry.CHAMPION, mv.version, reason=decision.reason)
     return summary | {"report": str(report)}
+
+
+def _metric_key(name: str) -> str:
+    """A class name as part of an MLflow metric key (letters, digits, ``_-. /`` only)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ scratch_source = task(cache_policy=NO_CACHE)(core_sources.scratch_source)
 measure_drift = task(cache_policy=NO_CACHE)(assessment.measure_drift)
 pick_strategy = task(cache_policy=NO_CACHE)(assessment.pick_strategy)
 evaluate_on_test = task(cache_policy=NO_CACHE)(engine.evaluate_on_test)
+measure_latency = task(cache_policy=NO_CACHE)(engine.measure_latency)
 export_bundle = task(cache_policy=NO_CACHE)(engine.export_bundle)
 
 

@@ -147,9 +147,23 @@ def log_and_register(settings: Settings, run_id: str, name: str, model: Any, bun
     return RegisteredVersion(name, str(mv.version), run_id, (), dict(mv.tags))
 
 
-def set_alias(settings: Settings, name: str, alias: str, version: str) -> None:
-    """Point ``alias`` at ``version``."""
+def set_alias(settings: Settings, name: str, alias: str, version: str, *, by: str | None = None,
+              reason: str | None = None, kind: str | None = None):
+    """Point ``alias`` at ``version`` and append the move to the alias history (``tasks/history.py``);
+    returns the move, or None when ``alias`` already points there (a retried task moves nothing twice).
+
+    ``by`` defaults to the flow's MLflow run (``run:<id>``), else the user (``user:<name>``); ``kind``
+    to ``promote`` for champion and ``challenger`` for challenger. MLflow sets an alias as an upsert
+    with no compare-and-set: the ``from`` recorded is the holder read just before.
+    """
+    from tasks import history
+
+    current = alias_version(settings, name, alias)
+    if current is not None and current.version == str(version):
+        return None
     client(settings).set_registered_model_alias(name, alias, str(version))
+    return history.record_move(settings, name, alias, current.version if current else None, str(version),
+                               by=by, reason=reason, kind=kind)
 
 
 def alias_version(settings: Settings, name: str, alias: str):
@@ -246,3 +260,20 @@ def model_tags(settings: Settings, name: str) -> dict[str, str]:
         return dict(client(settings).get_registered_model(name).tags or {})
     except MlflowException:
         return {}
+
+
+# Model-version tag values: MLflow's stores keep 5,000 characters.
+VERSION_TAG_LIMIT = 5000
+
+
+def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str, Any]) -> None:
+    """Set tags on model version ``version`` of ``name`` (JSON for anything but a string), refusing
+    values over MLflow's cap instead of letting the store cut them."""
+    texts = {k: v if isinstance(v, str) else json.dumps(v, default=str, separators=(",", ":")) for k, v in tags.items()}
+    for key, text in texts.items():
+        if len(text) > VERSION_TAG_LIMIT:
+            raise RegistryError(f"tag {key} of {name} v{version} would hold {len(text)} characters "
+                                f"(MLflow keeps {VERSION_TAG_LIMIT}); store less in it")
+    c = client(settings)
+    for key, text in texts.items():
+        c.set_model_version_tag(name, str(version), key, text)

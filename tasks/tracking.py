@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from tasks import registry
+from tasks.history import acting_run
 from transferops.config import Settings
 from transferops.errors import InputError
 from transferops.report import RunReport
@@ -57,6 +58,10 @@ class TrackedRun:
     def log_json(self, obj: Any, artifact_file: str) -> None:
         registry.log_json(self.settings, self.run_id, obj, artifact_file)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Log ``text`` (Markdown, a table) as the artifact ``artifact_file``."""
+        registry.client(self.settings).log_text(self.run_id, text, artifact_file)
+
     def report(self, report: RunReport) -> Path:
         """Write the run's Markdown report with its plots and log the folder to the run."""
         from tasks.reporting import write_run_report
@@ -69,7 +74,8 @@ def tracked_run(settings: Settings, run_name: str, tags: dict[str, str]) -> Iter
     """Open a run, yield it, close it FINISHED; on any exception close it FAILED and re-raise."""
     run_id = registry.start_run(settings, run_name, tags)
     try:
-        yield TrackedRun(settings, run_id, run_name)
+        with acting_run(run_id):  # aliases moved in the block record this run as who moved them
+            yield TrackedRun(settings, run_id, run_name)
     except BaseException:
         registry.end_run(settings, run_id, "FAILED")
         raise

@@ -85,6 +85,15 @@ def test_train_flow_registers_a_champion_with_full_lineage(first_run, project):
     assert {"model", "bundle", "report", "config", "decision"} <= artifacts
     assert c.get_run(v.run_id).info.status == "FINISHED"
     assert c.get_run(v.run_id).data.metrics["test_accuracy"] == pytest.approx(first_run["test_accuracy"])
+    # the promotion gates: logged as a table, as tags on the version, in the result; cost and calibration as metrics
+    run_metrics = c.get_run(v.run_id).data.metrics
+    assert {"test_ece", "latency_ms_b1", "latency_ms_b64", "model_params", "model_bytes"} <= set(run_metrics)
+    assert {f"test_recall_{k}" for k in first_run_classes} <= set(run_metrics) and run_metrics["latency_ms_b64"] > 0
+    assert {g["name"]: g["passed"] for g in first_run["gates"]} == dict.fromkeys(
+        ("metric", "class_drop", "ece", "latency", "validation", "lineage"), True)
+    assert v.tags["transferops.promotion"] == "promote" and v.tags["transferops.gate.validation"].startswith("pass")
+    assert v.tags["transferops.gate.metric"].startswith("skip") and not first_run["awaiting_approval"]
+    assert "| lineage | pass |" in (Path(c.download_artifacts(v.run_id, "decision/gates.md", str(report.parent))).read_text())
 
 
 def test_champion_loads_through_its_alias(first_run, project):
@@ -110,9 +119,17 @@ def test_worse_challenger_does_not_move_champion(first_run, project, tmp_path):
     assert second["test_accuracy"] < first_run["test_accuracy"]
     assert second["champion_test_accuracy"] == pytest.approx(first_run["test_accuracy"])  # same held-out split
     assert not second["promoted"]
+    assert registry.alias_version(s, s.model_name, "challenger").tags["transferops.gate.metric"].startswith("fail")
     assert registry.alias_version(s, s.model_name, "champion").version == "1"
     assert registry.alias_version(s, s.model_name, "challenger").version == "2"
     assert second["data_md5"] == first_run["data_md5"]
+    # the alias history: each run recorded the moves it made, the worse one only its challenger
+    from tasks.history import history
+
+    by = {m.alias + ":" + m.to_version: (m.from_version, m.by, m.kind) for m in history(s, s.model_name)}
+    assert by == {"champion:1": (None, f"run:{first_run['run_id']}", "promote"),
+                  "challenger:1": (None, f"run:{first_run['run_id']}", "challenger"),
+                  "challenger:2": ("1", f"run:{second['run_id']}", "challenger")}
 
 
 def first_run_source(project: Path) -> Path:

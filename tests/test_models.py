@@ -168,3 +168,22 @@ def test_bundle_roundtrip_reproduces_the_model(tmp_path):
     assert (t.crop_size, t.resize_size, t.mean) == ([32], [36], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="not a 'resnet18'"):
         resolve_weights("resnet18", tmp_path / "b")
+
+
+def test_split_preprocessing_is_the_preset_bit_for_bit_on_a_batch():
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2
+    from torchvision.transforms._presets import ImageClassification
+
+    from transferops.loading import split_preprocessing
+
+    tf = ImageClassification(crop_size=32, resize_size=36, mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((28, 28), (50, 70), (90, 33))]
+    per_image, per_batch = split_preprocessing(tf)
+    parts = torch.stack([per_image(im) for im in images])
+    assert parts.dtype == torch.uint8 and parts.shape == (3, 3, 32, 32)
+    assert torch.equal(per_batch(parts), torch.stack([tf(im) for im in images]))
+    other = v2.Compose([tf])
+    assert split_preprocessing(other) == (other, None)  # anything else stays whole

@@ -102,3 +102,43 @@ def test_cuda_fit_with_bf16_autocast_and_channels_last():
     assert len(res.history) == 2 and all(h["train_loss"] == h["train_loss"] for h in res.history)  # no NaN
     assert next(model.parameters()).is_cuda
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose logits are the input itself: evaluation metrics of known outputs."""
+
+    def forward(self, x):
+        return x
+
+
+def test_per_class_recall_and_ece_of_known_outputs():
+    from transferops.training import expected_calibration_error
+
+    # class 0: 2 of 2 right at confidence 0.9; class 1: 1 of 2 right at 0.6; class 2: no images
+    p = torch.tensor([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.2, 0.6, 0.2], [0.6, 0.2, 0.2]])
+    y = torch.tensor([0, 0, 1, 1])
+    loader = DataLoader(TensorDataset(p.log(), y), batch_size=3)  # log: softmax gives p back
+    e = evaluate(_Fixed(), torch.nn.CrossEntropyLoss(), loader, torch.device("cpu"), num_classes=3, classes=["a", "b", "c"])
+    assert e["per_class_recall"] == {"a": 1.0, "b": 0.5, "c": None}
+    # bins (0.8, 0.867] and (0.533, 0.6]: accuracy 1 vs confidence 0.9 (2 images), 0.5 vs 0.6 (2 images)
+    assert e["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.1)
+    assert e["accuracy"] == 0.75 and {"loss", "macro_f1", "confusion", "images"} <= set(e)
+    assert evaluate(_Fixed(), torch.nn.CrossEntropyLoss(), loader, torch.device("cpu"),
+                    num_classes=3)["per_class_recall"] == {"0": 1.0, "1": 0.5, "2": None}
+    # perfectly calibrated: 80 % right at confidence 0.8; overconfident: 50 % right at 0.99
+    assert expected_calibration_error([0.8] * 5, [1, 1, 1, 1, 0]) == pytest.approx(0.0)
+    assert expected_calibration_error([0.99] * 4, [1, 0, 1, 0]) == pytest.approx(0.49)
+    assert expected_calibration_error([0.0, 1.0], [0, 1]) == pytest.approx(0.0)  # the edges land in the end bins
+
+
+def test_measure_latency_and_size():
+    from transferops.engine import measure_latency
+
+    model = build_model("resnet18", 2).train()
+    cost = measure_latency(model, (3, 16, 16), "cpu", batch_sizes=(1, 4), repeats=2)
+    assert set(cost.latency_ms) == {1, 4} and all(ms > 0 for ms in cost.latency_ms.values())
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert cost.bytes >= 4 * cost.params  # float32 weights, plus BatchNorm buffers
+    assert model.training, "the model's mode is put back"
+    assert set(cost.metrics()) == {"latency_ms_b1", "latency_ms_b4", "model_params", "model_bytes"}
+    assert measure_latency(model, (3, 16, 16), "cpu", repeats=0).latency_ms == {}

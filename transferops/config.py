@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError,
                                YamlConfigSettingsSource)
 
@@ -166,10 +166,45 @@ class DriftConfig(_Section):
 
 
 class PromotionConfig(_Section):
-    """When a challenger becomes champion."""
+    """When a challenger becomes champion: the gates of ``transferops.promotion.decide_promotion``.
+
+    A threshold of None turns its gate off (the value is still measured and logged).
+    """
 
     metric: str = "accuracy"  # held-out metric compared, higher is better
-    min_improvement: float = Field(0.0, ge=0)  # challenger must beat champion by more than this
+    # The challenger must beat the champion by at least this on the shared test split; a tie
+    # never promotes (a new version with equal numbers is churn, not progress).
+    min_delta: float = Field(0.0, ge=0)
+    # No class's held-out recall may fall by more than this: a better average can hide a class
+    # the new model gave up on. 0.10 is one image in ten; raise it for test splits of a few images a class.
+    max_class_drop: float | None = Field(0.10, ge=0, le=1)
+    # ... judged only for classes with at least this many test images: below it, one image moves
+    # recall by more than the limit, and the gate would judge noise.
+    min_class_images: int = Field(20, ge=1)
+    # Expected calibration error (15 bins) at most this. Off by default: on a test split of a few
+    # dozen images ECE moves by several points between seeds, so no one bound fits every dataset;
+    # set it where the monitor's confidence-based accuracy estimate or a consumer reads the scores.
+    max_ece: float | None = Field(None, ge=0, le=1)
+    # Median batch-1 latency in milliseconds, on the device of the run, at most this (None: off);
+    # a serving budget belongs to the deployment, so there is no default.
+    max_latency_ms: float | None = Field(None, gt=0)
+    # Timed forward passes per batch size for the latency figures (0: not measured, and a set
+    # max_latency_ms then fails); each batch size also stops after about 0.25 s of timing.
+    latency_repeats: int = Field(5, ge=0)
+    # True: a version that passes every gate only gets `challenger` and waits for a person's
+    # `transferops promote VERSION --reason TEXT`, which records who approved it and why.
+    require_approval: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _min_improvement(cls, data: Any) -> Any:
+        # min_improvement (before issue 12) meant "by more than"; it is read as min_delta, which with
+        # the tie rule differs only for a delta of exactly that size
+        if isinstance(data, dict) and "min_improvement" in data:
+            data = dict(data)
+            old = data.pop("min_improvement")
+            data.setdefault("min_delta", old)
+        return data
 
 
 class MonitorConfig(_Section):

@@ -13,6 +13,8 @@ from typing import Any
 PREFIX = "transferops."
 # MLflow caps a model-version tag value at 5,000 characters.
 MAX_TAG = 5000
+# What the promotion's lineage gate requires: without them a version cannot be rebuilt or traced.
+REQUIRED = ("data_rev", "data_md5", "source", "strategy", "git_sha")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,14 @@ class Lineage:
     drift_note: str = ""  # why similarity and p-value are missing, when they are
     strategy_params: dict[str, Any] | None = None  # k, learning rates, L2-SP... as the strategy trained
     trigger: dict[str, Any] | None = None  # what started a retrain: event id, monitor run, statistics
+
+    def missing(self) -> list[str]:
+        """The fields a version cannot be traced without (data, source, strategy, code) that are unknown.
+
+        >>> Lineage("target", "abc", "", "resnet18", "s", "lp_ft", "", "unknown", 0.9, ("a",)).missing()
+        ['data_md5', 'git_sha']
+        """
+        return [k for k in REQUIRED if not getattr(self, k) or getattr(self, k) == "unknown"]
 
     def tags(self) -> dict[str, str]:
         """The tags of the registered version (values within MLflow's limit)."""

@@ -68,6 +68,33 @@ def make_loader(records: Sequence[ImageRecord], class_to_idx: dict[str, int], tr
                       generator=gen, num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
+def split_preprocessing(transform: Callable) -> tuple[Callable, Callable | None]:
+    """``transform`` as a per-image part and a per-batch part with the same result, bit for bit.
+
+    For torchvision's ``ImageClassification`` preset (what every backbone and bundle here
+    uses), the image keeps its resize, centre crop and conversion to a uint8 tensor, and the
+    float conversion and normalisation run once on the whole batch: the per-image half of the
+    preset's work is call overhead on small images (10,000 images at 32 px: about 2 s on 2 CPU
+    cores), and uint8 batches move a quarter of the bytes to a GPU. Any other transform is
+    returned whole, with no batch part.
+    """
+    from torchvision.transforms import functional as F
+    from torchvision.transforms._presets import ImageClassification
+
+    if type(transform) is not ImageClassification:
+        return transform, None
+    t = transform
+
+    def per_image(img: Image.Image) -> torch.Tensor:
+        img = F.resize(img, t.resize_size, interpolation=t.interpolation, antialias=t.antialias)
+        return F.pil_to_tensor(F.center_crop(img, t.crop_size))
+
+    def per_batch(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.convert_image_dtype(x, torch.float), mean=t.mean, std=t.std)
+
+    return per_image, per_batch
+
+
 def train_transform(base: Callable) -> Callable:
     """Light augmentation in front of the weights' own preprocessing ``base``.
 

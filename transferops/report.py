@@ -143,6 +143,7 @@ class RunReport:
     benefit: TransferBenefit | None = None  # transfer (``history``) against the scratch baseline
     scratch_history: Sequence[dict[str, Any]] | None = None  # the scratch baseline's rows, for the plot
     strategy: dict[str, Any] | None = None  # ``StrategyChoice.as_dict()`` or any dict with name, reason, parameters
+    promotion: str | None = None  # the promotion gates as Markdown (``transferops.promotion.gate_table``)
 
 
 def _strategy_section(strategy: dict[str, Any]) -> str:
@@ -198,6 +199,8 @@ def render_run_report(report: RunReport, folder: Path) -> Path:
     if report.confusion is not None:
         plot_confusion(report.confusion, report.classes, folder / "confusion_matrix.png", "Held-out confusion matrix")
         sections.append(("Held-out evaluation", "![confusion matrix](confusion_matrix.png)"))
+    if report.promotion:
+        sections.append(("Promotion gates", report.promotion))
     if report.validation is not None:
         validation = Path(report.validation)
         body = json.loads(validation.read_text())

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -137,10 +137,18 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, device: torch.device, *,
-             num_classes: int, amp: bool = False, channels_last: bool = False) -> dict[str, Any]:
-    """Loss, accuracy, macro F1 and the confusion matrix (rows: true, columns: predicted)."""
+             num_classes: int, amp: bool = False, channels_last: bool = False,
+             classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Loss, accuracy, macro F1, per-class recall, expected calibration error (:func:`expected_calibration_error`)
+    and the confusion matrix (rows: true, columns: predicted).
+
+    ``per_class_recall`` maps each class (its name in ``classes``, else its index as a string)
+    to its recall, or None when the split has no image of it.
+    """
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confidence: list[torch.Tensor] = []  # top softmax probability per image
+    hits: list[torch.Tensor] = []  # whether that top class was right
     loss_sum, n = 0.0, 0
     for images, targets in data_loader:
         images = _to_device(images, device, channels_last)
@@ -151,16 +159,44 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, de
         loss_sum += loss.item() * targets.shape[0]
         n += targets.shape[0]
         pred = output.argmax(1)
+        confidence.append(torch.softmax(output.float(), 1).amax(1).cpu())
+        hits.append((pred == targets).cpu())
         idx = (targets * num_classes + pred).cpu()
         confusion += torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
     if n == 0:
         raise ValueError("the evaluation loader yielded no images; the split is empty")
     tp = confusion.diag().double()
+    support = confusion.sum(1)
     precision = tp / confusion.sum(0).clamp_min(1)
-    recall = tp / confusion.sum(1).clamp_min(1)
+    recall = tp / support.clamp_min(1)
     f1 = (2 * precision * recall / (precision + recall).clamp_min(1e-12))
+    names = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
     return {"loss": loss_sum / n, "accuracy": float(tp.sum() / n), "macro_f1": float(f1.mean()), "images": n,
+            "ece": expected_calibration_error(torch.cat(confidence).numpy(), torch.cat(hits).numpy()),
+            "per_class_recall": {c: float(r) if s else None for c, r, s in zip(names, recall.tolist(), support.tolist(), strict=True)},
             "confusion": confusion.tolist()}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error: how far the model's confidence is from its accuracy.
+
+    The standard definition (Naeini et al., AAAI 2015; Guo et al., ICML 2017, with their 15
+    bins): each image's confidence is its top softmax probability; images fall into
+    ``n_bins`` equal-width bins (i/n, (i+1)/n] of it (the first also takes 0), and
+    ECE = sum over bins of (share of images in the bin) x |accuracy in the bin - mean
+    confidence in the bin|. 0 is perfectly calibrated; empty bins add nothing.
+
+    >>> round(expected_calibration_error(np.array([0.9, 0.9, 0.6, 0.6]), np.array([1, 1, 1, 0])), 4)
+    0.1
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if conf.size == 0:
+        return 0.0
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, hit, n_bins) - np.bincount(bins, conf, n_bins))  # per bin: n x |acc - conf|
+    return float(gap.sum() / max(count.sum(), 1))
 
 
 @dataclass(frozen=True)
@@ -325,8 +361,10 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 @torch.inference_mode()
 def extract_embeddings(model: nn.Module, data_loader: DataLoader, device: torch.device,
-                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone embeddings (the input of the final classifier layer) and softmax outputs."""
+                       limit: int | None = None, batch_transform: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone embeddings (the input of the final classifier layer) and softmax outputs;
+    ``batch_transform`` finishes each batch's preprocessing on the device
+    (``transferops.loading.split_preprocessing``)."""
     from transferops.models import head_layer
 
     _, _, layer = head_layer(model)
@@ -337,7 +375,8 @@ def extract_embeddings(model: nn.Module, data_loader: DataLoader, device: torch.
     n = 0
     try:
         for images, _ in data_loader:
-            probs.append(torch.softmax(model(images.to(device)).float(), 1).cpu())
+            x = images.to(device)
+            probs.append(torch.softmax(model(batch_transform(x) if batch_transform else x).float(), 1).cpu())
             n += images.shape[0]
             if limit is not None and n >= limit:
                 break

@@ -17,11 +17,16 @@ Built on **click**, chosen over argparse and typer:
 
 Layout: :mod:`transferops.cli.app` (the commands and :func:`main`), :mod:`transferops.cli.output`
 (stdout/stderr discipline, tables, error reporting), :mod:`transferops.cli.demo` (the demo story),
-:mod:`transferops.cli.loop` (the monitoring loop's commands).
+:mod:`transferops.cli.loop` (the monitoring loop's commands), :mod:`transferops.cli.history` (the alias
+history: ``history`` and ``rollback``), :mod:`transferops.cli.promote` (``promote``, the approval).
 Exit codes are in :mod:`transferops.errors` and in ``transferops --help``.
 """
 
-from transferops.cli import loop  # noqa: F401,E402  (registers monitor, retrain, deploy and serve)
+from transferops.cli import (  # noqa: F401,E402  (importing a module registers its commands)
+    history,  # history and rollback
+    loop,  # monitor, retrain, deploy and serve
+    promote,  # promote (approval)
+)
 from transferops.cli.app import cli, main
 
 __all__ = ["cli", "main"]

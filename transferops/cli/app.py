@@ -291,7 +291,7 @@ def status_cmd(state: State, out: Output) -> None:
     if out.json:
         out.result(rows)
         return
-    wide = ("strategy_params", "strategy_reason", "last_monitor", "last_retrain", "next_monitor")
+    wide = ("strategy_params", "strategy_reason", "last_monitor", "last_retrain", "next_monitor", "last_champion_move")
     out.result([{k: v for k, v in r.items() if k not in wide} for r in rows], f"Registry at {s.resolved_tracking_uri}")
     # the why of each aliased version: the table would be unreadable with it
     for r in rows:
@@ -311,7 +311,9 @@ def status_cmd(state: State, out: Output) -> None:
                                               + (f", v{t['version']}" if t.get("version") else "")
                                               + (f", trained: {t['trained_on']['where']}" if t.get("trained_on") else "")
                                               if t else "none yet") +
-                      f"\n  next monitor: {r['next_monitor']}")
+                      f"\n  next monitor: {r['next_monitor']}" +
+                      "\n  last champion move: " + (_move_line(r["last_champion_move"]) if r["last_champion_move"]
+                                                    else "none recorded"))
 
 
 def _loop_status(s: Any) -> dict[str, Any]:
@@ -320,11 +322,20 @@ def _loop_status(s: Any) -> dict[str, Any]:
 
     from tasks import registry
     from tasks.deployments import next_scheduled_run
+    from tasks.history import history
 
     tags = registry.model_tags(s, s.model_name)
     parse = lambda k: json.loads(tags[k]) if k in tags else None  # noqa: E731
+    last_move = history(s, s.model_name, registry.CHAMPION, limit=1)
     return {"last_monitor": parse("transferops.last_monitor"), "last_retrain": parse("transferops.last_retrain"),
-            "next_monitor": next_scheduled_run()}
+            "next_monitor": next_scheduled_run(), "last_champion_move": last_move[0].as_dict() if last_move else None}
+
+
+def _move_line(move: dict[str, Any]) -> str:
+    """A recorded alias move (``transferops history``) in a line."""
+    from transferops.history import AliasMove
+
+    return AliasMove(**move).line()
 
 
 @command(cli, "sample", "write a bundled sample dataset (offline, deterministic) as an ImageFolder tree")

@@ -89,15 +89,16 @@ def build_profile(model: Any, records: Sequence[Any], class_to_idx: dict[str, in
     """
     import torch
 
-    from transferops.loading import make_loader
+    from transferops.loading import make_loader, split_preprocessing
     from transferops.training import extract_embeddings
 
     if not records:
         raise DriftInputError("no images to profile; pass a folder with at least one image per class")
     step = max(1, len(records) // size)
     chosen = list(records[::step][:size])
-    loader = make_loader(chosen, class_to_idx, weights.transforms(), batch_size=batch_size, shuffle=False)
-    emb, probs = extract_embeddings(model, loader, torch.device(device), limit=size)
+    per_image, per_batch = split_preprocessing(weights.transforms())
+    loader = make_loader(chosen, class_to_idx, per_image, batch_size=batch_size, shuffle=False)
+    emb, probs = extract_embeddings(model, loader, torch.device(device), limit=size, batch_transform=per_batch)
     labels = np.array([class_to_idx.get(r.label, -1) for r in chosen], dtype=np.int64)
     info = {"classes": list(class_to_idx), "n": int(len(emb)), "dim": int(emb.shape[1]),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} | (meta or {})
