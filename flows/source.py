@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from flows.common import open_run, prepare_data
 from tasks import modeling, registry, versioning
 from tasks.tracking import tracked_run
-from transferops.engine import checkpoint_key, input_example
+from transferops.engine import checkpoint_key, example_images
 from transferops.lineage import Lineage
 from transferops.report import RunReport
 from transferops.strategy import StrategyChoice, strategy_params
@@ -57,8 +57,7 @@ def develop_source(params: SourceParams) -> dict:
                        classes=tuple(images.classes), drift_note="source model: no drift test").tags()
         bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "role": "source"}, shift_panel=False)
-        mv = registry.log_and_register(s, run.run_id, s.source_model_name, trained.model, bundle,
-                                       input_example(src.weights, images), tags)
+        mv = registry.log_and_register(s, run.run_id, s.source_model_name, bundle, example_images(images), tags)
         summary = {"run_name": ctx.run_name, "run_id": run.run_id, "model": s.source_model_name, "version": mv.version,
                    "uri": f"models:/{s.source_model_name}@champion", "backbone": params.backbone,
                    "data_rev": version.rev, "test_accuracy": metrics["accuracy"],

@@ -16,11 +16,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from flows.common import PreparedData, RunContext, open_run, prepare_data
 from tasks import modeling, registry, versioning
+from tasks.promotion_lock import promote_if_still_best
 from tasks.tracking import FLOW_RUN_TAG, SUMMARY_ARTIFACT, tracked_run
-from transferops.engine import checkpoint_key, input_example
+from transferops.engine import checkpoint_key, example_images, input_example
 from transferops.lineage import Lineage
-from transferops.promotion import decide_promotion, gate_table
+from transferops.promotion import PromotionDecision, decide_promotion, gate_table
 from transferops.report import RunReport
+from transferops.slices import describe_slices, slice_metrics
 from transferops.strategy import CHOICES
 from transferops.training import resolve_device
 
@@ -81,6 +83,7 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
         run.log_params({"source": params.source, "backbone": src.backbone, "strategy": choice.name,
                         "strategy_requested": params.strategy, "data_rev": version.rev, "data_md5": version.md5,
                         "classes": ",".join(images.classes)} | {f"strategy.{k}": v for k, v in choice.params.items()})
+        registry.log_data_inputs(s, run.run_id, target=version.target, rev=version.rev, md5=version.md5, images=images)
         run.log_json({"choice": choice.as_dict(), "drift": drift.as_dict()}, "decision/strategy.json")
         run.log_metrics({f"strategy_{k}": v for k, v in choice.evidence.items()}
                         | {"strategy_selection_seconds": choice.selection_seconds})
@@ -103,19 +106,32 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
             print(f"Transfer benefit: {baseline.benefit.sentence()}")
             run.log_metrics(baseline.benefit.metrics())
         champion = modeling.evaluate_champion(s, images)
+        # a model trained on newer data may win on it while breaking what the champion did well
+        earlier = modeling.evaluate_previous_data(s, ctx.root, trained.model, src.weights, champion.version, images,
+                                                  version.rev)
+        if earlier["slices"]:
+            print(f"Previous and new data: {describe_slices(earlier['slices'])}")
+            run.log_metrics(slice_metrics(earlier["slices"]))
+        run.log_json(earlier, "decision/slices.json")
 
         # 7. register with lineage, decide (every gate), report, and only then move the aliases
+        previous = modeling.drift_from_previous(s, champion.version, images)  # vs the champion's training data
         lineage = Lineage(role="target", data_rev=version.rev, data_md5=version.md5, backbone=src.backbone,
                           source=params.source, strategy=choice.name, strategy_reason=choice.reason,
                           strategy_params=choice.params,
                           git_sha=versioning.code_git_sha(), test_accuracy=metrics["accuracy"],
                           classes=tuple(images.classes), similarity=drift.similarity,
                           drift_p_val=drift.result.p_val if drift.result else None,
-                          drift_note="" if drift.report else drift.reason, trigger=trigger)
+                          drift_note="" if drift.report else drift.reason, trigger=trigger,
+                          # the test split scored above is this version's own: held-out data = training data's rev
+                          heldout_rev=version.rev,
+                          heldout_split=Lineage.held_out(images, s.data.val_fraction, s.data.test_fraction),
+                          source_weights_sha256=modeling.source_weights_sha256(src), previous_drift=previous,
+                          prefect_flow_run_id=str(prefect_flow_run.id or ""))
         tags = lineage.tags()
         bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})
-        mv = registry.log_and_register(s, run.run_id, s.model_name, trained.model, bundle, example, tags)
+        mv = registry.log_and_register(s, run.run_id, s.model_name, bundle, example_images(images), tags)
         decision = decide_promotion(metrics, champion.metrics, s.promotion, validation_ok=data.validated,
                                     lineage_missing=lineage.missing(), latency_ms=cost.latency_ms.get(1),
                                     version=mv.version)
@@ -140,9 +156,13 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
             "total_params": trained.params["total"],
             "transfer_benefit": baseline.benefit.as_dict() if baseline.benefit else None,
             "transfer_benefit_note": baseline.note,
+            "slices": earlier["slices"], "slices_note": earlier["note"],
         }
         run.log_json(summary, SUMMARY_ARTIFACT)  # read back by a retrain that ran this flow elsewhere
-        facts = {k: v for k, v in summary.items() if k != "gates"}  # the gates get their own table
+        # the gates get their own table; slices read better as one sentence than as nested dicts
+        facts = {k: v for k, v in summary.items() if k not in ("gates", "slices")}
+        if earlier["slices"]:
+            facts["slices"] = describe_slices(earlier["slices"])
         report = run.report(RunReport(ctx.run_name, facts, trained.fit.history, metrics["confusion"], images.classes,
                                       src.profile.embeddings if src.profile else None, drift.target_embeddings,
                                       drift.report.as_dict() if drift.report else None, data.validation_file,
@@ -150,9 +170,25 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
                                       strategy={"name": choice.name, "reason": choice.reason} | choice.params
                                       | {f"evidence.{k}": v for k, v in choice.evidence.items()},
                                       promotion=gate_table(decision)))
-        registry.set_alias(s, s.model_name, registry.CHALLENGER, mv.version)
-        if decision.promote:
-            registry.set_alias(s, s.model_name, registry.CHAMPION, mv.version, reason=decision.reason)
+
+        def rejudge(_now: str | None) -> PromotionDecision:  # another run moved champion: judge against it
+            nonlocal champion
+            champion = modeling.evaluate_champion(s, images)
+            return decide_promotion(metrics, champion.metrics, s.promotion, validation_ok=data.validated,
+                                    lineage_missing=lineage.missing(), latency_ms=cost.latency_ms.get(1),
+                                    version=mv.version)
+
+        final = promote_if_still_best(s, s.model_name, mv.version, decision, champion.version, rejudge)
+        if final is not decision:  # the decision that was carried out is the one the run records
+            print(f"Promotion, judged again (champion now: {champion.version or 'none'}): {final.reason}")
+            summary |= {"promoted": final.promote, "promotion_reason": final.reason,
+                        "previous_champion": champion.version, "awaiting_approval": final.awaiting_approval,
+                        "gates": [asdict(g) for g in final.gates],
+                        "champion_test_accuracy": champion.metrics["accuracy"] if champion.metrics else None}
+            registry.set_version_tags(s, s.model_name, mv.version, final.tags())
+            run.log_json(final.as_dict() | {"champion_note": champion.note}, "decision/promotion.json")
+            run.log_text(gate_table(final), "decision/gates.md")
+            run.log_json(summary, SUMMARY_ARTIFACT)
     return summary | {"report": str(report)}
 
 

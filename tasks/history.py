@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tasks import registry
+from tasks.mlflow_errors import missing
 from transferops.config import Settings
 from transferops.history import AliasMove, RollbackChoice, choose_rollback, default_kind, ordered
 
@@ -169,9 +170,15 @@ def rollback(settings: Settings, name: str, to: str | None = None, *, reason: st
         raise registry.RegistryError(f"cannot roll back {name}@champion: {choice.reason}; pass --to VERSION")
     try:
         registry.client(settings).get_model_version(name, choice.target)
-    except MlflowException:
+    except MlflowException as exc:
+        if not missing(exc):
+            raise
         known = ", ".join(v.version for v in reversed(registry.list_versions(settings, name))) or "none"
         raise registry.RegistryError(f"cannot roll back {name}@champion to v{choice.target}: no such version in the "
                                      f"registry (versions: {known}); pass --to VERSION") from None
-    move = registry.set_alias(settings, name, registry.CHAMPION, choice.target, by=by, reason=reason, kind="rollback")
+    from tasks.promotion_lock import promotion_lock
+
+    # under the promotion lock: a retrain finishing now must not move champion between our read and write
+    with promotion_lock(settings, name):
+        move = registry.set_alias(settings, name, registry.CHAMPION, choice.target, by=by, reason=reason, kind="rollback")
     return choice, move

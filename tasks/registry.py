@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
+from tasks.mlflow_errors import RegistryError, apply_http_limits, guarded, missing
 from transferops.config import Settings
-from transferops.errors import TransferopsError
 from transferops.offline import apply_offline_defaults
 
 apply_offline_defaults()
@@ -28,16 +27,13 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 LINEAGE_PREFIX = "transferops."
 
 
-class RegistryError(TransferopsError, RuntimeError):
-    """A registry reference is wrong or the registry refused; the message says which."""
-
-
 def client(settings: Settings):
     """An MlflowClient on the configured tracking/registry URI (sqlite in the project by default)."""
     import mlflow
     from mlflow import MlflowClient
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    apply_http_limits(settings)  # a bounded wait for an unreachable server, not MLflow's 4 minutes a call
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
     mlflow.set_registry_uri(settings.resolved_tracking_uri)
     return MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
@@ -57,6 +53,7 @@ def experiment_id(settings: Settings) -> str:
     return c.create_experiment(settings.experiment, artifact_location=settings.artifact_location if local else None)
 
 
+@guarded
 def open_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
     """Open a run and log the resolved configuration with it."""
     c = client(settings)
@@ -68,6 +65,7 @@ def open_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
 start_run = task(retries=2, retry_delay_seconds=2)(open_run)
 
 
+@guarded
 def log_params(settings: Settings, run_id: str, params: dict[str, Any]) -> None:
     """Log flat params (values stringified and truncated to MLflow's limit)."""
     from mlflow.entities import Param
@@ -76,6 +74,7 @@ def log_params(settings: Settings, run_id: str, params: dict[str, Any]) -> None:
     c.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
+@guarded
 def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     """Log numeric metrics at ``step``."""
     import time
@@ -86,6 +85,7 @@ def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step
     client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
+@guarded
 def log_artifacts(settings: Settings, run_id: str, paths: list[Path], artifact_path: str) -> None:
     """Upload files or folders under ``artifact_path`` of the run."""
     c = client(settings)
@@ -96,7 +96,9 @@ def log_artifacts(settings: Settings, run_id: str, paths: list[Path], artifact_p
             c.log_artifact(run_id, str(p), artifact_path)
 
 
+@guarded
 def log_json(settings: Settings, run_id: str, obj: Any, artifact_file: str) -> None:
+    """Log ``obj`` as a JSON artifact (anything JSON cannot hold written as its string)."""
     client(settings).log_dict(run_id, json.loads(json.dumps(obj, default=str)), artifact_file)
 
 
@@ -117,36 +119,24 @@ class RegisteredVersion:
 
 
 @task(retries=2, retry_delay_seconds=2)
-def log_and_register(settings: Settings, run_id: str, name: str, model: Any, bundle_dir: Path,
-                     input_example: Any, tags: dict[str, str]) -> RegisteredVersion:
-    """Log the model (pytorch flavour, with signature) and its bundle, then register a version.
+@guarded
+def log_and_register(settings: Settings, run_id: str, name: str, bundle_dir: Path, example_images: list[bytes],
+                     tags: dict[str, str]) -> RegisteredVersion:
+    """Log the bundle with the run, log it as the run's served model (an MLflow 3 logged pyfunc:
+    image bytes in, class names and probabilities out), then register a version of it.
 
-    Called only after evaluation succeeded, so a failed run never registers anything.
+    Called only after evaluation succeeded, so a failed run never registers anything; safe to
+    retry (``tasks/served_model.py``): a retried task finds the run's model and version again.
     """
-    import mlflow.pytorch
-    import torch
-    import torchvision
-    from mlflow.models import infer_signature
+    from tasks import served_model
 
     c = client(settings)
-    model = model.cpu().eval()
-    with torch.inference_mode():
-        output = model(torch.from_numpy(input_example)).numpy()
-    signature = infer_signature(input_example, output)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "model"
-        # explicit requirements: inferring them costs ~15 s per model
-        mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=input_example,
-                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                    f"torchvision=={torchvision.__version__.split('+')[0]}"])
-        c.log_artifacts(run_id, str(local), "model")
     c.log_artifacts(run_id, str(bundle_dir), "bundle")
-    ensure_registered(c, name)
-    source = f"{c.get_run(run_id).info.artifact_uri}/model"
-    mv = c.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
-    return RegisteredVersion(name, str(mv.version), run_id, (), dict(mv.tags))
+    model_id = served_model.log_served_model(settings, run_id, Path(bundle_dir), example_images)
+    return served_model.register(settings, run_id, name, model_id, tags)
 
 
+@guarded
 def set_alias(settings: Settings, name: str, alias: str, version: str, *, by: str | None = None,
               reason: str | None = None, kind: str | None = None):
     """Point ``alias`` at ``version`` and append the move to the alias history (``tasks/history.py``);
@@ -172,8 +162,10 @@ def alias_version(settings: Settings, name: str, alias: str):
 
     try:
         v = client(settings).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if missing(exc, "INVALID_PARAMETER_VALUE"):  # no such model, or no such alias
+            return None
+        raise
     return RegisteredVersion(v.name, str(v.version), v.run_id, tuple(v.aliases or ()), dict(v.tags))
 
 
@@ -185,8 +177,10 @@ def list_versions(settings: Settings, name: str) -> list[RegisteredVersion]:
     try:
         # search results carry no aliases; the registered model has the alias map
         alias_map = c.get_registered_model(name).aliases or {}
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if missing(exc):
+            return []
+        raise
     by_version: dict[str, list[str]] = {}
     for alias, version in alias_map.items():
         by_version.setdefault(str(version), []).append(alias)
@@ -209,6 +203,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise RegistryError(f"'{uri}' names no alias or version; use models:/{rest}@champion or models:/{rest}/1")
 
 
+@guarded
 def fetch_bundle(settings: Settings, uri: str, dest: Path) -> Path:
     """Fetch the bundle folder of a registered version into ``dest``; returns the folder."""
     from mlflow.exceptions import MlflowException
@@ -217,7 +212,9 @@ def fetch_bundle(settings: Settings, uri: str, dest: Path) -> Path:
     c = client(settings)
     try:
         mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
-    except MlflowException:
+    except MlflowException as exc:
+        if not missing(exc, "INVALID_PARAMETER_VALUE"):
+            raise
         known = ", ".join(sorted({m.name for m in c.search_registered_models()})) or "none"
         raise RegistryError(f"{uri} is not in the registry at {settings.resolved_tracking_uri} (registered models: {known})") from None
     dest.mkdir(parents=True, exist_ok=True)
@@ -230,6 +227,7 @@ def fetch_bundle(settings: Settings, uri: str, dest: Path) -> Path:
 TAG_LIMIT = 5000
 
 
+@guarded
 def set_model_tag(settings: Settings, name: str, key: str, value: Any) -> None:
     """Set a tag on the registered model (JSON for anything but a string), refusing values over
     MLflow's cap instead of letting the store cut them."""
@@ -248,8 +246,16 @@ def ensure_registered(c: Any, name: str) -> None:
 
     try:
         c.get_registered_model(name)
-    except MlflowException:  # not found: the first version of this name
+        return
+    except MlflowException as exc:
+        if not missing(exc):
+            raise
+    try:  # not found: the first version of this name
         c.create_registered_model(name, description="Registered by transferops; load with models:/NAME@champion")
+    except MlflowException as exc:
+        # RESOURCE_ALREADY_EXISTS: another run created it between the two calls, as we wanted
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def model_tags(settings: Settings, name: str) -> dict[str, str]:
@@ -258,14 +264,17 @@ def model_tags(settings: Settings, name: str) -> dict[str, str]:
 
     try:
         return dict(client(settings).get_registered_model(name).tags or {})
-    except MlflowException:
-        return {}
+    except MlflowException as exc:
+        if missing(exc):
+            return {}
+        raise
 
 
 # Model-version tag values: MLflow's stores keep 5,000 characters.
 VERSION_TAG_LIMIT = 5000
 
 
+@guarded
 def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str, Any]) -> None:
     """Set tags on model version ``version`` of ``name`` (JSON for anything but a string), refusing
     values over MLflow's cap instead of letting the store cut them."""
@@ -277,3 +286,24 @@ def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str
     c = client(settings)
     for key, text in texts.items():
         c.set_model_version_tag(name, str(version), key, text)
+
+
+@guarded
+def log_data_inputs(settings: Settings, run_id: str, *, target: str, rev: str, md5: str, images: Any,
+                    splits: tuple[str, ...] = ("train", "test")) -> None:
+    """Record the run's data version as MLflow dataset inputs whose source is the DVC version
+    (git revision of ``<target>.dvc``, DVC hash, remote), one per split with its context
+    (``training``, ``evaluation``), so the MLflow UI links the run and its model to the data."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = json.dumps({"dvc_file": f"{target}.dvc", "rev": rev, "md5": md5, "remote": settings.public_dict()["dvc_remote_url"]},
+                        sort_keys=True)
+    counts = images.counts()
+    inputs = []
+    for split in splits:
+        ds = Dataset(name=f"{target}@{rev[:12]}:{split}", digest=images.split_digest(split)[:36], source_type="dvc",
+                     source=source, schema=json.dumps({"classes": list(images.classes)}),
+                     profile=json.dumps({"images": sum(counts.get(split, {}).values()), "per_class": counts.get(split, {})}))
+        context = {"train": "training", "test": "evaluation"}.get(split, split)
+        inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
+    client(settings).log_inputs(run_id, datasets=inputs)

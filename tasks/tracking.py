@@ -9,6 +9,7 @@ the run as FAILED on any exception (re-raised), so a failed flow never leaves a 
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 import tempfile
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from tasks import registry
 from tasks.history import acting_run
+from tasks.mlflow_errors import tracking_errors, unreachable_cause, unreachable_message
 from transferops.config import Settings
 from transferops.errors import InputError
 from transferops.report import RunReport
@@ -26,6 +28,7 @@ from transferops.report import RunReport
 # train run's summary: a run on another machine (the GPU pool) is found and read back by them.
 FLOW_RUN_TAG = "transferops.prefect_flow_run_id"
 SUMMARY_ARTIFACT = "decision/summary.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,15 +74,35 @@ class TrackedRun:
 
 @contextmanager
 def tracked_run(settings: Settings, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
-    """Open a run, yield it, close it FINISHED; on any exception close it FAILED and re-raise."""
-    run_id = registry.start_run(settings, run_name, tags)
+    """Open a run, yield it, close it FINISHED; on any exception close it FAILED and re-raise.
+
+    An unreachable tracking server, in the block or around it, is raised as one RegistryError
+    (``tasks/mlflow_errors.py``) after MLflow's bounded retries; closing the run as FAILED then
+    fails too, and is only logged, so that it never hides the error that ended the run.
+    """
+    with tracking_errors(settings):
+        run_id = registry.start_run(settings, run_name, tags)
     try:
         with acting_run(run_id):  # aliases moved in the block record this run as who moved them
             yield TrackedRun(settings, run_id, run_name)
-    except BaseException:
-        registry.end_run(settings, run_id, "FAILED")
+    except Exception as exc:
+        _close_failed(settings, run_id)
+        if unreachable_cause(exc) is not None and not isinstance(exc, registry.RegistryError):
+            raise registry.RegistryError(unreachable_message(settings, exc)) from exc
         raise
-    registry.end_run(settings, run_id, "FINISHED")
+    except BaseException:  # KeyboardInterrupt, a cancelled flow: closed FAILED all the same
+        _close_failed(settings, run_id)
+        raise
+    with tracking_errors(settings, "the run's work is done but it stays RUNNING in the tracking store"):
+        registry.end_run(settings, run_id, "FINISHED")
+
+
+def _close_failed(settings: Settings, run_id: str) -> None:
+    try:
+        registry.end_run(settings, run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001  (the run's own error is the one to report, not this one)
+        why = "the tracking server is unreachable" if unreachable_cause(exc) else f"{type(exc).__name__}: {exc}"
+        log.warning("could not close MLflow run %s as FAILED; it stays RUNNING in the tracking store (%s)", run_id, why)
 
 
 def summary_of_flow_run(settings: Settings, flow_run_id: str) -> dict[str, Any]:

@@ -82,7 +82,11 @@ def test_train_flow_registers_a_champion_with_full_lineage(first_run, project):
     assert first_run_classes and "drift_mmd_p_val" in registry.client(s).get_run(v.run_id).data.metrics
     c = registry.client(s)
     artifacts = {a.path for a in c.list_artifacts(v.run_id)}
-    assert {"model", "bundle", "report", "config", "decision"} <= artifacts
+    assert {"bundle", "report", "config", "decision"} <= artifacts
+    # the served model is an MLflow 3 logged model, an output of the run (its artifacts live with it)
+    outputs = [c.get_logged_model(o.model_id) for o in c.get_run(v.run_id).outputs.model_outputs]
+    source = c.get_model_version(s.model_name, v.version).source
+    assert [m.name for m in outputs] == ["model"] and source == f"models:/{outputs[0].model_id}"
     assert c.get_run(v.run_id).info.status == "FINISHED"
     assert c.get_run(v.run_id).data.metrics["test_accuracy"] == pytest.approx(first_run["test_accuracy"])
     # the promotion gates: logged as a table, as tags on the version, in the result; cost and calibration as metrics
@@ -96,14 +100,30 @@ def test_train_flow_registers_a_champion_with_full_lineage(first_run, project):
     assert "| lineage | pass |" in (Path(c.download_artifacts(v.run_id, "decision/gates.md", str(report.parent))).read_text())
 
 
+def registry_tags(s) -> dict[str, str]:
+    """The champion version's tags."""
+    from tasks import registry
+
+    return registry.alias_version(s, s.model_name, "champion").tags
+
+
 def test_champion_loads_through_its_alias(first_run, project):
-    import mlflow.pytorch
-    import torch
+    import io
+
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
 
     s = _settings(project)
     mlflow.set_tracking_uri(s.resolved_tracking_uri)
-    model = mlflow.pytorch.load_model(f"models:/{s.model_name}@champion")
-    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 3)
+    model = mlflow.pyfunc.load_model(f"models:/{s.model_name}@champion")
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(png, format="PNG")
+    (answer,) = model.predict(pd.DataFrame({"image": [png.getvalue()]}))
+    classes = json.loads(registry_tags(s)["transferops.classes"])
+    assert answer["label"] in classes and set(answer["probabilities"]) == set(classes)
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_worse_challenger_does_not_move_champion(first_run, project, tmp_path):

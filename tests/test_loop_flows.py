@@ -65,12 +65,16 @@ def test_retrain_needs_new_data_records_its_trigger_then_cools_down(loop):
     assert main(["-C", str(project), "data", "add", str(write_shapes(root / "new", per_class=30, seed=2, style="shifted"))]) == 0
     done = retrain(RetrainParams(project_dir=str(project), trigger=trigger, strategy="feature_extraction"))
     assert done["status"] == "retrained" and done["version"] == "2"
+    # scored on the champion's own test data and on the new images too, both models by the same code
+    assert set(done["slices"]) == {"previous_test", "new_test"}, done["slices_note"]
+    assert all(r["champion"] is not None and r["images"] > 0 for r in done["slices"].values())
     # the harness's API has no transferops-gpu pool, so the training ran here, and says why
     assert done["trained_on"] == {"where": "in-process", "reason": "no worker online in pool transferops-gpu (no such pool)"}
     s = load_settings(project)
     v2 = [v for v in registry.list_versions(s, s.model_name) if v.version == "2"][0]
     assert json.loads(v2.tags["transferops.trigger"])["event_id"] == "e-1"
     run = registry.client(s).get_run(done["run_id"])
+    assert {"previous_test_accuracy", "previous_test_champion_accuracy", "new_test_accuracy"} <= set(run.data.metrics)
     assert run.data.tags["transferops.flow"] == "retrain" and run.data.tags["transferops.trigger.monitor_run_id"] == "m-1"
     # the summary a retrain reads back when the GPU pool trained: found by the Prefect flow run id
     summary = summary_of_flow_run(s, run.data.tags["transferops.prefect_flow_run_id"])

@@ -194,6 +194,12 @@ class PromotionConfig(_Section):
     # True: a version that passes every gate only gets `challenger` and waits for a person's
     # `transferops promote VERSION --reason TEXT`, which records who approved it and why.
     require_approval: bool = False
+    # Champion moves take a lock in the registry (tasks/promotion_lock.py): a waiter gives up after
+    # lock_wait_s, and breaks a lock older than lock_ttl_s (its holder was killed). The holder
+    # re-evaluates the champion under the lock when another run moved it, so the TTL must outlast
+    # that evaluation; the wait outlasts the TTL, so a dead holder's lock is broken before waiters give up.
+    lock_ttl_s: float = Field(600.0, gt=0)
+    lock_wait_s: float = Field(900.0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -234,6 +240,23 @@ class MonitorConfig(_Section):
     gpu_deployment: str = "transferops-train/train-gpu"
 
 
+class TrackingConfig(_Section):
+    """How long a call waits for an unreachable tracking server before failing (MLflow's HTTP retries).
+
+    Applied as MLFLOW_HTTP_REQUEST_MAX_RETRIES, ..._BACKOFF_FACTOR and ..._TIMEOUT unless those are
+    exported (tasks/mlflow_errors.py). MLflow's own defaults (7 retries, factor 2, 120 s) wait about
+    4 minutes per call on a refused connection; a flow makes dozens of calls, each retried by its task.
+    """
+
+    # Sleeps between tries are factor * 2, 4, 8, ... s (plus up to 1 s of jitter): 4 retries with
+    # factor 1 give up a refused call after about 15 s, and a task's own 2 retries after about a minute.
+    http_max_retries: int = Field(4, ge=0, le=10)  # MLflow refuses more than 10
+    http_backoff_factor: int = Field(1, ge=0, le=120)  # an integer in MLflow
+    # Seconds to connect, and to wait for each answer; a host that never answers costs
+    # (http_max_retries + 1) times this per call.
+    http_timeout_s: int = Field(20, ge=1)
+
+
 class Settings(BaseSettings):
     """The resolved configuration; logged with every run."""
 
@@ -258,6 +281,7 @@ class Settings(BaseSettings):
     drift: DriftConfig = DriftConfig()
     promotion: PromotionConfig = PromotionConfig()
     monitor: MonitorConfig = MonitorConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("project_dir")
     @classmethod

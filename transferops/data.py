@@ -84,6 +84,13 @@ over records are in ``transferops.loading``; this module never imports torch.
     size: int = 0
 
 
+def _relative(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies inside it (a store image's name is already relative)."""
+    p = os.fspath(path)
+    r = os.fspath(root)
+    return os.path.relpath(p, r) if os.path.isabs(p) and p.startswith(r) else p
+
+
 def read_bytes(record: ImageRecord) -> bytes:
     """The image's bytes, from its file or its pack."""
     if record.pack is None:
@@ -106,6 +113,16 @@ class ImageSet:
     def split(self, name: str) -> list[ImageRecord]:
         """The records of one split (``train``, ``val``, ``test``, or ``BATCH`` for unlabelled ones)."""
         return [r for r in self.records if r.split == name]
+
+    def split_digest(self, name: str) -> str:
+        """A 32-hex digest of which images (path within the dataset, label) form split ``name``:
+        equal digests mean the same held-out images, whatever machine read the version."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for key in sorted(f"{_relative(r.path, self.root)}\t{r.label}" for r in self.split(name)):
+            h.update(key.encode() + b"\n")
+        return h.hexdigest()[:32]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class: ``{split: {class: n}}``.

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from transferops.config import Settings
     from transferops.data import ImageSet
     from transferops.models import Bundle
+    from transferops.slices import EvaluationSlice
     from transferops.sources import SourceModel
     from transferops.strategy import StrategyChoice
     from transferops.training import FitResult
@@ -317,6 +318,26 @@ def evaluate_champion(settings: "Settings", bundle: "Bundle | None", version: st
     return ChampionEvaluation(metrics, version, f"champion v{version} evaluated on the same test split")
 
 
+SLICE_METRICS = ("accuracy", "macro_f1", "ece")
+
+
+def evaluate_slices(settings: "Settings", model: "nn.Module", weights: "Weights", champion_bundle: "Bundle | None",
+                    slices: "list[EvaluationSlice]") -> dict[str, dict[str, Any]]:
+    """Challenger and champion on each extra held-out slice, by the same code as the test split:
+    ``{slice: {"images", "description", "challenger": {accuracy, macro_f1, ece}, "champion": ... or None}}``."""
+    from transferops.models import model_from_bundle
+
+    champion = model_from_bundle(champion_bundle) if champion_bundle is not None else None
+    out: dict[str, dict[str, Any]] = {}
+    for sl in slices:
+        mine = evaluate_on_test(settings, model, weights, sl.images)
+        theirs = evaluate_on_test(settings, champion, champion_bundle.weights, sl.images) if champion is not None else None
+        out[sl.name] = {"images": sl.size, "description": sl.description,
+                        "challenger": {k: mine[k] for k in SLICE_METRICS},
+                        "champion": {k: theirs[k] for k in SLICE_METRICS} if theirs else None}
+    return out
+
+
 def export_bundle(settings: "Settings", model: "nn.Module", src: "SourceModel", images: "ImageSet", dest: Path,
                   extra: dict[str, Any], shift_panel: bool = True) -> Path:
     """Write the trained model as a bundle with its training profile (embeddings of its train
@@ -408,3 +429,11 @@ def input_example(weights: "Weights", images: "ImageSet") -> "np.ndarray":
     ds = make_loader(rec * 2, images.class_to_idx, weights.transforms(), batch_size=2, shuffle=False).dataset
     # two rows, so an exported program does not specialise the batch dimension to 1
     return torch.stack([ds[0][0], ds[1][0]]).numpy()
+
+
+def example_images(images: "ImageSet", n: int = 2) -> list[bytes]:
+    """The file bytes of ``n`` held-out images: the served model's input example (what a caller sends)."""
+    from transferops.data import read_bytes
+
+    recs = (images.split("test") or images.records)[:n]
+    return [read_bytes(r) for r in (recs * n)[:n]]

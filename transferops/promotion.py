@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from transferops.config import ConfigError, PromotionConfig
+from transferops.lineage import REQUIRED as LINEAGE_REQUIRED
 
 # Metric sets of the same images are exact ratios of counts; differences this small are float noise.
 _EPS = 1e-9
@@ -116,7 +117,7 @@ def decide_promotion(challenger: Mapping[str, Any], champion: Mapping[str, Any] 
                          "the data passed validation in this run" if validation_ok
                          else "the data was not validated in this run"),
              GateVerdict("lineage", not lineage_missing, "complete" if not lineage_missing else "incomplete", None,
-                         "data_rev, data_md5, source, strategy and git_sha recorded" if not lineage_missing
+                         f"{', '.join(LINEAGE_REQUIRED)} recorded" if not lineage_missing
                          else f"unknown: {', '.join(lineage_missing)}"))
     failed = [g for g in gates if not g.passed]
     if failed:

@@ -18,12 +18,14 @@ Built on **click**, chosen over argparse and typer:
 Layout: :mod:`transferops.cli.app` (the commands and :func:`main`), :mod:`transferops.cli.output`
 (stdout/stderr discipline, tables, error reporting), :mod:`transferops.cli.demo` (the demo story),
 :mod:`transferops.cli.loop` (the monitoring loop's commands), :mod:`transferops.cli.history` (the alias
-history: ``history`` and ``rollback``), :mod:`transferops.cli.promote` (``promote``, the approval).
+history: ``history`` and ``rollback``), :mod:`transferops.cli.promote` (``promote``, the approval),
+:mod:`transferops.cli.lineage` (``lineage``: how a version was made, and its re-run).
 Exit codes are in :mod:`transferops.errors` and in ``transferops --help``.
 """
 
 from transferops.cli import (  # noqa: F401,E402  (importing a module registers its commands)
     history,  # history and rollback
+    lineage,  # lineage (how a version was made; re-materialise it)
     loop,  # monitor, retrain, deploy and serve
     promote,  # promote (approval)
 )

@@ -38,6 +38,7 @@ def approver() -> str:
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation (needed without a terminal)")
 def promote_cmd(state: State, out: Output, version: str, reason: str | None, yes: bool) -> None:
     from tasks import registry
+    from tasks.promotion_lock import promotion_lock
     from transferops.config import load_settings
 
     if not reason or not reason.strip():
@@ -62,9 +63,12 @@ def promote_cmd(state: State, out: Output, version: str, reason: str | None, yes
             raise InputError("not confirmed; champion unchanged")
     who = approver()
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    registry.set_version_tags(s, name, version, {"transferops.approved_by": who, "transferops.approved_reason": reason,
-                                                 "transferops.approved_at": at})
-    registry.set_alias(s, name, registry.CHAMPION, version, by=f"user:{who}", reason=reason, kind="approve")
+    # under the promotion lock, as a retrain's promotion is: MLflow's alias write is an unconditional upsert
+    with promotion_lock(s, name):
+        current = registry.alias_version(s, name, registry.CHAMPION)
+        registry.set_version_tags(s, name, version, {"transferops.approved_by": who, "transferops.approved_reason": reason,
+                                                     "transferops.approved_at": at})
+        registry.set_alias(s, name, registry.CHAMPION, version, by=f"user:{who}", reason=reason, kind="approve")
     out.result({"model": name, "version": version, "previous_champion": current.version if current else None,
                 "approved_by": who, "approved_at": at, "reason": reason, "failed_gates": failed},
                f"{name} v{version} is champion")
