@@ -127,7 +127,7 @@ def train_version(ctx: RunContext, data: PreparedData, params: TrainParams, flow
                           heldout_rev=version.rev,
                           heldout_split=Lineage.held_out(images, s.data.val_fraction, s.data.test_fraction),
                           source_weights_sha256=modeling.source_weights_sha256(src), previous_drift=previous,
-                          prefect_flow_run_id=str(prefect_flow_run.id or ""))
+                          prefect_flow_run_id=str(prefect_flow_run.id or ""), source_version=src.version_uri or src.uri)
         tags = lineage.tags()
         bundle = modeling.export_bundle(s, trained.model, src, images, s.state_dir / "bundles" / run.run_id,
                                         {"lineage": tags, "test_metrics": {k: v for k, v in metrics.items() if k != "confusion"}})

@@ -128,6 +128,11 @@ def test_source_and_train(tmp_path, capfd, prefect_harness):
     assert main(["status", "-C", str(proj), "--json"]) == 0
     rows, _ = one_json(capfd)
     assert {(r["model"], r["version"]) for r in rows} == {("transferops-classifier", "1"), ("transferops-source", "1")}
+    # the alias is recorded as given and pinned to the version it named: lineage re-runs that one
+    assert main(["lineage", "1", "-C", str(proj), "--json"]) == 0
+    chain, _ = one_json(capfd)
+    assert chain["source"] == "models:/transferops-source@champion"
+    assert chain["source_version"] == "models:/transferops-source/1"
 
 
 @pytest.mark.integration

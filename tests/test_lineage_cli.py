@@ -19,7 +19,7 @@ from transferops.errors import EXIT_FAILURE, EXIT_OK
 
 pytestmark = pytest.mark.integration
 
-NEW_FIELDS = ["heldout_rev", "heldout_split", "source_weights_sha256", "drift_vs_previous"]
+NEW_FIELDS = ["heldout_rev", "heldout_split", "source_version", "source_weights_sha256", "drift_vs_previous"]
 
 
 def _lineage(capfd, *argv: str) -> dict:
@@ -72,7 +72,7 @@ def test_chain_holds_the_real_values(first, project, source_bundle, capfd):
                          capture_output=True, text=True, check=True).stdout.strip()
     assert doc["data_md5"] == dvc["md5"] == first["data_md5"] and doc["data_rev"] == rev == doc["heldout_rev"]
     assert doc["source_weights_sha256"] == hashlib.sha256((source_bundle / "weights.pt").read_bytes()).hexdigest()
-    assert doc["source"] == str(source_bundle) and doc["backbone"] == "resnet18"
+    assert doc["source"] == doc["source_version"] == str(source_bundle) and doc["backbone"] == "resnet18"
     assert doc["strategy"] == "feature_extraction" and doc["strategy_params"] == first["strategy_params"]
     assert doc["strategy_reason"] == first["strategy_reason"] and doc["mlflow_run_id"] == first["run_id"]
     s = load_settings(project)
@@ -127,7 +127,7 @@ def test_a_version_from_before_the_new_fields_prints_not_recorded(first, project
     c = registry.client(s)
     v1 = c.get_model_version(s.model_name, "1")
     old = {k: v for k, v in v1.tags.items()
-           if k.removeprefix("transferops.") not in ("heldout_rev", "heldout_split", "source_weights_sha256",
+           if k.removeprefix("transferops.") not in ("heldout_rev", "heldout_split", "source_version", "source_weights_sha256",
                                                      "previous_drift", "prefect_flow_run_id")}
     v = c.create_model_version(s.model_name, v1.source, run_id=v1.run_id, tags=old).version
     doc = _lineage(capfd, str(v), "-C", str(project))

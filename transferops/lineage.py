@@ -40,7 +40,7 @@ class Lineage:
     data_rev: str  # git revision of the <target>.dvc file
     data_md5: str  # DVC hash of the data version
     backbone: str
-    source: str  # the source spec the run started from
+    source: str  # the source spec the run started from, as given (models:/NAME@ALIAS stays an alias)
     strategy: str
     strategy_reason: str
     git_sha: str  # the transferops code
@@ -56,6 +56,7 @@ class Lineage:
     source_weights_sha256: str = ""  # of the weights file the run started from
     previous_drift: dict[str, Any] | None = None  # the train split against the champion's training data, or why not
     prefect_flow_run_id: str = ""
+    source_version: str = ""  # the exact source: models:/NAME/N for a registry one (an alias as it resolved), else the spec
 
     def missing(self) -> list[str]:
         """The fields a version cannot be traced or rebuilt without (data, held-out data, source
@@ -87,7 +88,7 @@ class Lineage:
         if self.trigger:
             tags["trigger"] = json.dumps(self.trigger, sort_keys=True, default=str)
         # the issue-12 fields only when known: an absent tag reads back as "not recorded"
-        for key in ("heldout_rev", "source_weights_sha256", "prefect_flow_run_id"):
+        for key in ("heldout_rev", "source_weights_sha256", "prefect_flow_run_id", "source_version"):
             if getattr(self, key):
                 tags[key] = getattr(self, key)
         for key in ("heldout_split", "previous_drift"):
@@ -205,7 +206,8 @@ def read_tags(tags: dict[str, str]) -> dict[str, Any]:
     return {
         "role": get("role"), "data_rev": get("data_rev"), "data_md5": get("data_md5"),
         "heldout_rev": get("heldout_rev"), "heldout_split": parsed("heldout_split"),
-        "source": get("source"), "backbone": get("backbone"), "source_weights_sha256": get("source_weights_sha256"),
+        "source": get("source"), "source_version": get("source_version"), "backbone": get("backbone"),
+        "source_weights_sha256": get("source_weights_sha256"),
         "strategy": get("strategy"), "strategy_params": parsed("strategy_params"), "strategy_reason": get("strategy_reason"),
         "drift_vs_source": None if get("source_similarity") is None and get("drift_p_val") is None else
         {"similarity": number("source_similarity"), "p_val": number("drift_p_val"), "note": "; ".join(sorted(notes))},

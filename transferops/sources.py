@@ -82,6 +82,7 @@ class SourceModel:
     weights: "Weights"
     profile: "Profile | None"
     profile_origin: str
+    version_uri: str = ""  # models:/NAME/N for a registry source (an alias pinned as it resolved)
 
     @property
     def categories(self) -> list[str]:

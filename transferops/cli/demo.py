@@ -53,6 +53,12 @@ strategy:
   baseline_max_train_images: 1000   # default 2000: the retrain (1,680 training images) has no scratch baseline
 monitor:
   calibration_images: 150   # default 300: held-out images per synthetic shift of the accuracy estimate
+promotion:
+  # default 0.10. The noise makes the first champion answer "8" (and "3") for many noised digits:
+  # its recall of "8" on the new test split is 0.97 at a precision of 0.62. The retrain stops
+  # that, so its recall of "8" falls by about 0.15 while its accuracy rises by 10 points (new
+  # images: 0.93 against 0.71). A recall gate cannot tell that from a real loss; see the README.
+  max_class_drop: 0.2
 """
 
 

@@ -86,7 +86,7 @@ def _text(value: Any) -> str:
 
 def _rows(c: dict[str, Any]) -> list[dict[str, str]]:
     """The chain as field/value rows, in the order a version was made."""
-    order = ("aliases", "mlflow_run_id", "data_rev", "data_md5", "heldout_rev", "heldout_split", "source", "backbone",
+    order = ("aliases", "mlflow_run_id", "data_rev", "data_md5", "heldout_rev", "heldout_split", "source", "source_version", "backbone",
              "source_weights_sha256", "strategy", "strategy_params", "strategy_reason", "drift_vs_source",
              "drift_vs_previous", "git_sha", "prefect_flow_run_id", "trigger", "gates", "promotion", "test_accuracy")
     return [{"field": k, "value": _text(c.get(k))} for k in order]
@@ -127,10 +127,11 @@ def materialise(s: Any, rec: Any, chain: dict[str, Any], dest: Path) -> dict[str
     config.write_text(header + yaml.safe_dump(rerun_settings(resolved, chain["strategy"], chain["strategy_params"]),
                                               sort_keys=False))
     load_settings(s.project_dir, config)  # a setting this transferops no longer knows fails here, naming it
-    argv = train_argv(s.project_dir, config, data.rev, chain["source"], chain["strategy"], chain["backbone"])
+    # the version an alias named when the run trained, not wherever the alias points today
+    source = chain.get("source_version") or chain["source"]
+    argv = train_argv(s.project_dir, config, data.rev, source, chain["strategy"], chain["backbone"])
     return out | {"config": str(config), "argv": argv, "command": shlex.join(argv),
-                  "source_check": lineage.check_source(s, chain["source"], chain["backbone"],
-                                                       chain["source_weights_sha256"]),
+                  "source_check": lineage.check_source(s, source, chain["backbone"], chain["source_weights_sha256"]),
                   "environment_overrides": _overriding_env()}
 
 
