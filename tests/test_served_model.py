@@ -116,6 +116,23 @@ def test_bad_image_bytes_get_a_clear_error(settings, trained):
         model.predict(pd.DataFrame({"image": [_test_images(settings, trained)[0][0], b"not an image"]}))
 
 
+def test_uint8_arrays_are_answered_like_their_image_bytes(settings, trained):
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    images = _test_images(settings, trained)[0][:4]
+    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.uint8) for b in images]
+    from_bytes = model.predict(pd.DataFrame({"image": images}))
+    from_arrays = model.predict(pd.DataFrame({"image": arrays}))
+    assert [a["label"] for a in from_arrays] == [b["label"] for b in from_bytes]
+    for a, b in zip(from_arrays, from_bytes, strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
 def test_a_retried_registration_creates_no_second_version_or_model(settings, trained):
     from tasks import registry
 
