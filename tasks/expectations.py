@@ -29,51 +29,58 @@ def _import_gx() -> None:
     import great_expectations  # noqa: F401
 
 
+# The helper process, once started, serves every later suite of this process (the demo's three
+# flows, `transferops serve`'s runs): its GX import is paid once. Shut down at interpreter exit.
+_helper = None
+
+
 class SuiteRunner:
     """Runs the GX suite in a helper process that starts importing GX at once.
 
-    Importing GX costs ~2 s of CPU, as much as decoding 70,000 small images. Started
+    Importing GX costs 2-5 s of CPU, as much as decoding 70,000 small images. Started
     before the decoding, the import runs beside it on another core (a thread would
-    fight the decoding's result handling for the GIL). With ``enabled=False`` (a few
-    images: a new process would cost more than it saves), or when GX is already
-    imported here, the suite runs in this process. Entering twice is harmless, so a
-    runner can be started early and handed down. A caller whose ``__main__`` cannot be re-imported (no
-    ``if __name__ == "__main__":`` guard) breaks spawned processes; the suite then
-    runs here too, slower but with the same result.
+    fight the decoding's result handling for the GIL). The helper then stays up for the
+    process's later suites, which so pay nothing for the import. With ``enabled=False``
+    (a few images: a new process would cost more than it saves) and no helper up yet, or
+    when GX is already imported here, the suite runs in this process. Entering twice is
+    harmless, so a runner can be started early and handed down. A caller whose ``__main__``
+    cannot be re-imported (no ``if __name__ == "__main__":`` guard) breaks spawned
+    processes; the suite then runs here too, slower but with the same result.
     """
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled and "great_expectations" not in sys.modules
+        self.enabled = (enabled or _helper is not None) and "great_expectations" not in sys.modules
         self._pool = None
 
     def __enter__(self) -> "SuiteRunner":
+        global _helper
         if self.enabled and self._pool is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+            if _helper is None:
+                import multiprocessing as mp
+                from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
-            self._pool.submit(_import_gx)
+                _helper = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+                _helper.submit(_import_gx)
+            self._pool = _helper
         return self
 
     def run(self, images_df: pd.DataFrame, rules: "Rules") -> "ValidationReport":
         """``run_suite(images_df, rules)``, in the helper process when there is one."""
+        global _helper
         from concurrent.futures.process import BrokenProcessPool
 
         if self._pool is not None:
-            pool, self._pool = self._pool, None  # one suite per helper; a second run goes in-process
             try:
-                return pool.submit(run_suite, images_df, rules).result()
-            except BrokenProcessPool:
-                pass
-            finally:
-                pool.shutdown(wait=False)  # the helper's exit overlaps the caller's next step
+                return self._pool.submit(run_suite, images_df, rules).result()
+            except BrokenProcessPool:  # the helper died or could not start: this process runs it
+                if _helper is self._pool:
+                    _helper = None
+                self._pool.shutdown(wait=False)
+                self._pool = None
         return run_suite(images_df, rules)
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-            self.enabled = False
+        self._pool = None  # the helper itself stays up for the next suite
 
 
 class DataValidationError(TransferopsError, RuntimeError):

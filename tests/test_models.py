@@ -1,3 +1,4 @@
+import copy
 import re
 
 import pytest
@@ -187,3 +188,26 @@ def test_split_preprocessing_is_the_preset_bit_for_bit_on_a_batch():
     assert torch.equal(per_batch(parts), torch.stack([tf(im) for im in images]))
     other = v2.Compose([tf])
     assert split_preprocessing(other) == (other, None)  # anything else stays whole
+
+
+def test_optimizer_is_fused_adamw_with_the_per_tensor_arithmetic():
+    """The fused kernel is a speed-up only: one step puts every weight where the default
+    per-tensor AdamW puts it, to float rounding (later steps drift apart only by rounding
+    amplified through the network, so one step is the comparison)."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    twin = copy.deepcopy(model)
+    opt = make_optimizer(model, lr=1e-2, backbone_lr_mult=0.1, weight_decay=1e-2)
+    names, twin_params = {id(p): n for n, p in model.named_parameters()}, dict(twin.named_parameters())
+    plain = torch.optim.AdamW([{"params": [twin_params[names[id(p)]] for p in g["params"]], "lr": g["lr"],
+                                "weight_decay": g["weight_decay"]} for g in opt.param_groups], fused=False, foreach=False)
+    assert opt.defaults["fused"] and not plain.defaults["fused"]
+    before = copy.deepcopy(model.state_dict())
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for m, o in ((model, opt), (twin, plain)):
+        o.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        o.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert not torch.equal(a, before[name]), f"{name} did not move"
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=f"{name} differs")

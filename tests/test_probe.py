@@ -98,6 +98,8 @@ def test_head_uses_the_validation_split_when_it_is_big_enough():
     p = head.predict_proba(X[300:])
     assert p.shape == (100, 4) and np.allclose(p.sum(1), 1)
     assert (p.argmax(1) == y[300:]).mean() == pytest.approx(head.score)
+    # the search's fits stop early (SCORE_TOL); the kept head is the full-precision fit
+    np.testing.assert_allclose(head.weight, fit_logistic(X[:300], y[:300], 4, head.l2)[0], rtol=1e-4, atol=1e-5)
     assert head.weight.dtype == np.float32 and head.bias.dtype == np.float32
     json.dumps(head.as_dict())
     assert "weight" not in head.as_dict()

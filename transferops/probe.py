@@ -33,6 +33,11 @@ PROBE_L2 = 1e-2
 # small to split, and on a small machine torch's and numpy's BLAS threads contending for the
 # same cores turned 0.1 s decompositions into 10 s ones. Above it, up to _MAX_THREADS.
 _ONE_THREAD_BELOW, _MAX_THREADS = 1 << 22, 4
+# L-BFGS stops when no gradient entry exceeds this. A head that is kept is fitted to FIT_TOL;
+# fits that only score a strength (cross-validation folds, the strength search, probes) stop at
+# SCORE_TOL: 4-8x faster, and on the demo's features every held-out accuracy and chosen
+# strength came out the same, the flattest fit (l2 1e-4) aside, where 2 images of 421 moved.
+FIT_TOL, SCORE_TOL = 1e-7, 1e-5
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float, *, max
 
 
 def _fit(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int = 500,
-         init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+         init: tuple[np.ndarray, np.ndarray] | None = None, tol: float = FIT_TOL) -> tuple[np.ndarray, np.ndarray]:
     # unchecked, so cross-validation folds of a single image work (the bias alone then fits)
     n, d = X.shape
     mu, sd = X.mean(axis=0), X.std(axis=0)
@@ -151,7 +156,7 @@ def _fit(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int 
             return loss
 
         torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=20,
-                          tolerance_grad=1e-7, tolerance_change=1e-12, line_search_fn="strong_wolfe").step(closure)
+                          tolerance_grad=tol, tolerance_change=1e-12, line_search_fn="strong_wolfe").step(closure)
         t = theta.detach().T
         w_std = (t[:, :k] if basis is None else t[:, :k] @ basis.T).numpy()
     weight = w_std / sd
@@ -180,7 +185,7 @@ def _cv_grid(X: np.ndarray, y: np.ndarray, n_classes: int, grid: list[float], fo
     for f in range(k):
         tr, te, wb = fold != f, fold == f, None
         for i, l2 in enumerate(grid):
-            wb = _fit(X[tr], y[tr], n_classes, l2, init=wb)
+            wb = _fit(X[tr], y[tr], n_classes, l2, init=wb, tol=SCORE_TOL)
             ce[i, te], acc[i, te] = _ce_acc(wb, X[te], y[te])
     return [{"l2": l2, "score": float(acc[i].mean()), "loss": float(ce[i].mean())} for i, l2 in enumerate(grid)], k
 
@@ -212,11 +217,14 @@ def fit_linear_head(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
     if n_val >= min_val_per_class * len(np.union1d(y_train, y_val)) and not missing.size:
         fits, rows = [], []
         for l2 in grid:
-            fits.append(_fit(X_train, y_train, n_classes, l2, init=fits[-1] if fits else None))
+            fits.append(_fit(X_train, y_train, n_classes, l2, init=fits[-1] if fits else None, tol=SCORE_TOL))
             ce, acc = _ce_acc(fits[-1], X_val, y_val)
             rows.append({"l2": l2, "score": float(acc.mean()), "loss": float(ce.mean())})
-        best = max(rows, key=lambda r: r["score"])
-        weight, bias = fits[rows.index(best)]
+        i = max(range(len(rows)), key=lambda j: rows[j]["score"])
+        # the kept head is fitted to full precision, from the search's fit, and its row re-scored
+        weight, bias = _fit(X_train, y_train, n_classes, grid[i], init=fits[i])
+        ce, acc = _ce_acc((weight, bias), X_val, y_val)
+        best = rows[i] = {"l2": grid[i], "score": float(acc.mean()), "loss": float(ce.mean())}
         selection = f"validation split ({n_val} images)"
     else:
         why = ("no validation split" if n_val == 0 else

@@ -141,7 +141,7 @@ def init_cmd(state: State, out: Output) -> None:
                 "dvc_remote": s.resolved_dvc_remote}, "Project ready")
 
 
-@command(cli, "demo", "run the whole loop offline on sample data (about a minute on 2 cores)")
+@command(cli, "demo", "run the whole loop offline on sample data (under three minutes on 2 cores)")
 def demo_cmd(state: State, out: Output) -> None:
     from transferops.cli.demo import print_summary, run_demo
     from transferops.cli.output import _console
