@@ -142,3 +142,43 @@ def test_measure_latency_and_size():
     assert model.training, "the model's mode is put back"
     assert set(cost.metrics()) == {"latency_ms_b1", "latency_ms_b4", "model_params", "model_bytes"}
     assert measure_latency(model, (3, 16, 16), "cpu", repeats=0).latency_ms == {}
+
+
+def test_epoch_metrics_summed_on_the_device_are_the_per_batch_ones():
+    """Loss and hits are summed on the device and read once: the figures must be exactly
+    what reading them after every batch gives (a frozen learning rate keeps the weights)."""
+    seed_everything(0)
+    model = build_model("resnet18", 2)
+    train, _ = _loaders()
+    criterion = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    m = train_one_epoch(model, criterion, opt, train, torch.device("cpu"), 0)
+    train.generator.manual_seed(0)  # the same shuffled order again
+    loss_sum, hits, n = 0.0, 0, 0
+    model.train()
+    with torch.no_grad():
+        for x, y in train:
+            out = model(x)
+            loss_sum += criterion(out, y).item() * len(y)
+            hits += int((out.argmax(1) == y).sum())
+            n += len(y)
+    assert m["images"] == n and m["accuracy"] == hits / n
+    assert m["loss"] == pytest.approx(loss_sum / n, rel=1e-6)
+
+
+def test_prepare_model_leaves_a_cpu_model_as_it_is_and_loaders_follow_the_device():
+    from transferops.config import TrainingConfig
+    from transferops.loading import make_loader
+    from transferops.training import prepare_model
+
+    model = build_model("resnet18", 2)
+    assert prepare_model(model, torch.device("cpu"), channels_last=True, compile=True) is model
+    assert model.conv1.weight.is_contiguous()  # NHWC and compiling are for CUDA
+    cfg = TrainingConfig()
+    assert cfg.loader_workers(torch.device("cpu")) == 0
+    assert 1 <= cfg.loader_workers("cuda") <= 8
+    assert TrainingConfig(num_workers=3).loader_workers("cuda") == 3
+    cpu = make_loader([], {}, None, batch_size=4, shuffle=False, device="cpu")
+    assert not cpu.pin_memory and cpu.num_workers == 0
+    gpu = make_loader([], {}, None, batch_size=4, shuffle=False, num_workers=2, device="cuda")
+    assert gpu.pin_memory and gpu.persistent_workers and gpu.prefetch_factor == 4

@@ -111,8 +111,21 @@ class TrainingConfig(_Section):
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
-    num_workers: int = Field(0, ge=0)  # 0 keeps CPU runs deterministic and light
+    # CUDA only: torch.compile the network for phases of at least compile_min_steps steps.
+    # Compiling costs tens of seconds up front, which a short fine-tune never earns back.
+    compile: bool = True
+    compile_min_steps: int = Field(1000, ge=0)
+    cudnn_benchmark: bool = True  # CUDA only: cuDNN picks the fastest kernels for the input shape once
+    # DataLoader worker processes; None: 0 on CPU (deterministic, and the cores train), and on
+    # CUDA min(8, cores) with pinned memory and workers kept between epochs, so decoding keeps up.
+    num_workers: int | None = Field(None, ge=0)
     checkpoint_interval_s: float = Field(30.0, ge=0)  # at most one resumable checkpoint this often
+
+    def loader_workers(self, device: Any) -> int:
+        """``num_workers``, or its default for ``device`` (a ``torch.device`` or its type name)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(8, os.cpu_count() or 1) if getattr(device, "type", device) == "cuda" else 0
 
 
 StrategyName = Literal["feature_extraction", "partial_finetune", "full_finetune", "lp_ft", "scratch"]

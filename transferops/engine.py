@@ -157,10 +157,11 @@ def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "
     optimizer = make_optimizer(model, phase.lr, phase.backbone_lr_mult, phase.weight_decay, layer_decay=phase.layer_decay,
                                backbone_weight_decay=0.0 if phase.l2sp else None)
     tf = src.weights.transforms()
+    workers = cfg.loader_workers(device)
     train_loader = make_loader(train, images.class_to_idx, train_transform(tf) if phase.augment and cfg.augment else tf,
-                               batch_size=batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
+                               batch_size=batch, shuffle=True, seed=cfg.seed, num_workers=workers, device=device)
     val_loader = make_loader(images.split("val"), images.class_to_idx, tf, batch_size=cfg.batch_size,
-                             shuffle=False, num_workers=cfg.num_workers)
+                             shuffle=False, num_workers=workers, device=device)
     # progress is for people: stderr, so that stdout can carry one JSON document
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=Console(stderr=True),
@@ -180,6 +181,7 @@ def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "
         result = fit(model, optimizer, train_loader, val_loader, num_classes=len(images.classes), device=device,
                      budget=budget, patience=cfg.patience, smoothing=cfg.smoothing, warmup_fraction=cfg.warmup_fraction,
                      amp=cfg.amp, channels_last=cfg.channels_last,
+                     compile=cfg.compile and budget.steps >= cfg.compile_min_steps, cudnn_benchmark=cfg.cudnn_benchmark,
                      penalty=l2_sp(model, phase.l2sp) if phase.l2sp else None, phase=phase.name,
                      step_offset=step_offset, checkpoint_path=checkpoint,
                      checkpoint_interval_s=cfg.checkpoint_interval_s, on_epoch_end=epoch_done, on_batch=batch_done)

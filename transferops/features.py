@@ -82,26 +82,33 @@ def _pool(out: Any) -> torch.Tensor:
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                     blocks: Sequence[tuple[str, nn.Module]] = ()) -> FeatureSet:
+                     blocks: Sequence[tuple[str, nn.Module]] = (), *, amp: bool = False,
+                     channels_last: bool = False) -> FeatureSet:
     """One forward pass of ``model`` (eval mode) over ``loader``: the head layer's input and the
-    pooled output of each of ``blocks``."""
+    pooled output of each of ``blocks``, as float32. ``amp`` (bf16 autocast) and ``channels_last``
+    apply on CUDA only, as in training."""
     from transferops.models import head_layer
+    from transferops.training import _autocast, _to_device
 
     captured: dict[str, list[torch.Tensor]] = {HEAD: []}
-    hooks = [head_layer(model)[2].register_forward_hook(lambda _m, inp, _o: captured[HEAD].append(inp[0].flatten(1).float().cpu()))]
+    hooks = [head_layer(model)[2].register_forward_hook(lambda _m, inp, _o: captured[HEAD].append(inp[0].flatten(1).float()))]
     for name, block in blocks:
         captured[name] = []
-        hooks.append(block.register_forward_hook(lambda _m, _i, out, n=name: captured[n].append(_pool(out).cpu())))
+        hooks.append(block.register_forward_hook(lambda _m, _i, out, n=name: captured[n].append(_pool(out))))
     labels: list[torch.Tensor] = []
     model.eval().to(device)
+    if channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     try:
         for images, targets in loader:
-            model(images.to(device))
+            with _autocast(device, amp):
+                model(_to_device(images, device, channels_last))
             labels.append(torch.as_tensor(targets))
     finally:
         for h in hooks:
             h.remove()
-    layers = {k: torch.cat(v).numpy() for k, v in captured.items() if v}
+    # kept on the device until here: one copy to the host, not one per batch
+    layers = {k: torch.cat(v).cpu().numpy() for k, v in captured.items() if v}
     return FeatureSet(layers, torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros(0, np.int64))
 
 

@@ -105,6 +105,25 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x
 
 
+def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool = False, compile: bool = False,
+                  cudnn_benchmark: bool = True) -> nn.Module:
+    """Move ``model`` to ``device`` and return the module to call for training and evaluation.
+
+    On CUDA: weights in ``channels_last`` (NHWC, what tensor-core convolutions read),
+    ``cudnn.benchmark`` (one timing pass per input shape, then the fastest kernels), and
+    ``torch.compile`` (fused kernels; the compiled wrapper shares ``model``'s parameters, so
+    optimizers, checkpoints and state dicts keep using ``model``). On CPU the model is
+    returned as it is: compiling there needs a C++ toolchain and rarely pays for small runs.
+    """
+    model.to(device)
+    if device.type != "cuda":
+        return model
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
                     device: torch.device, epoch: int, *, amp: bool = False, channels_last: bool = False,
                     on_batch: Callable[[int, int], None] | None = None,
@@ -112,11 +131,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over ``data_loader``; returns mean loss, accuracy, images, steps and seconds.
 
-    ``scheduler`` steps after every optimizer step; ``penalty`` is added to the loss.
+    ``scheduler`` steps after every optimizer step; ``penalty`` is added to the loss. The loss
+    and the hits are summed on the device and read once, at the end: a ``.item()`` per step
+    would make the host wait for the device after every batch.
     """
     model.train()
     start = time.perf_counter()
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     for i, (images, targets) in enumerate(data_loader):
         images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
@@ -129,14 +152,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         if scheduler is not None:
             scheduler.step()
         b = targets.shape[0]
-        loss_sum += loss.item() * b
-        correct += (output.argmax(1) == targets).sum().item()
+        loss_sum += loss.detach().float() * b
+        correct += (output.detach().argmax(1) == targets).sum()
         n += b
         if on_batch:
             on_batch(i + 1, len(data_loader))
     if n == 0:
         raise ValueError("the train loader yielded no images; the train split is empty")
-    return {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n, "images": n, "steps": len(data_loader),
+    loss_total, hits = float(loss_sum), int(correct)  # the epoch's one synchronisation
+    return {"epoch": epoch, "loss": loss_total / n, "accuracy": hits / n, "images": n, "steps": len(data_loader),
             "seconds": time.perf_counter() - start}
 
 
@@ -151,33 +175,34 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, de
     to its recall, or None when the split has no image of it.
     """
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    # everything accumulates on the device and comes to the host once, after the last batch
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     confidence: list[torch.Tensor] = []  # top softmax probability per image
     hits: list[torch.Tensor] = []  # whether that top class was right
-    loss_sum, n = 0.0, 0
+    loss_sum, n = torch.zeros((), device=device), 0
     for images, targets in data_loader:
         images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         with _autocast(device, amp):
             output = model(images)
             loss = criterion(output, targets)
-        loss_sum += loss.item() * targets.shape[0]
+        loss_sum += loss.float() * targets.shape[0]
         n += targets.shape[0]
         pred = output.argmax(1)
-        confidence.append(torch.softmax(output.float(), 1).amax(1).cpu())
-        hits.append((pred == targets).cpu())
-        idx = (targets * num_classes + pred).cpu()
-        confusion += torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+        confidence.append(torch.softmax(output.float(), 1).amax(1))
+        hits.append(pred == targets)
+        confusion += torch.bincount(targets * num_classes + pred, minlength=num_classes**2)
     if n == 0:
         raise ValueError("the evaluation loader yielded no images; the split is empty")
+    confusion = confusion.cpu().reshape(num_classes, num_classes)
     tp = confusion.diag().double()
     support = confusion.sum(1)
     precision = tp / confusion.sum(0).clamp_min(1)
     recall = tp / support.clamp_min(1)
     f1 = (2 * precision * recall / (precision + recall).clamp_min(1e-12))
     names = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-    return {"loss": loss_sum / n, "accuracy": float(tp.sum() / n), "macro_f1": float(f1.mean()), "images": n,
-            "ece": expected_calibration_error(torch.cat(confidence).numpy(), torch.cat(hits).numpy()),
+    return {"loss": float(loss_sum) / n, "accuracy": float(tp.sum() / n), "macro_f1": float(f1.mean()), "images": n,
+            "ece": expected_calibration_error(torch.cat(confidence).cpu().numpy(), torch.cat(hits).cpu().numpy()),
             "per_class_recall": {c: float(r) if s else None for c, r, s in zip(names, recall.tolist(), support.tolist(), strict=True)},
             "confusion": confusion.tolist()}
 
@@ -281,8 +306,8 @@ class FitResult:
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader, val_loader: DataLoader, *,
         num_classes: int, device: torch.device, budget: Budget, patience: int, smoothing: float = 0.6,
-        warmup_fraction: float = 0.05, amp: bool = False, channels_last: bool = False,
-        penalty: Callable[[], torch.Tensor] | None = None, phase: str = "train", step_offset: int = 0,
+        warmup_fraction: float = 0.05, amp: bool = False, channels_last: bool = False, compile: bool = False,
+        cudnn_benchmark: bool = True, penalty: Callable[[], torch.Tensor] | None = None, phase: str = "train", step_offset: int = 0,
         checkpoint_path: Path | None = None, checkpoint_interval_s: float = 30.0,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         on_batch: Callable[[int, int], None] | None = None) -> FitResult:
@@ -294,14 +319,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     random, while the loss is continuous. Training stops after ``patience`` evaluations
     without a better smoothed loss, never before half of ``budget.min_steps``.
 
-    ``penalty`` (e.g. L2-SP) is added to every step's loss. The full state goes to
+    ``amp``, ``channels_last``, ``compile`` and ``cudnn_benchmark`` apply on CUDA only (see
+    :func:`prepare_model`). ``penalty`` (e.g. L2-SP) is added to every step's loss. The full state goes to
     ``checkpoint_path`` at an evaluation at most every ``checkpoint_interval_s`` seconds
     (and at the last one); calling ``fit`` again with the same path resumes after it.
     """
     criterion = nn.CrossEntropyLoss()
-    model.to(device)
-    if channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    net = prepare_model(model, device, channels_last=channels_last, compile=compile, cudnn_benchmark=cudnn_benchmark)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(budget.steps, warmup_fraction))
     result = FitResult()
     best_state, bad_evals, smoothed, start_epoch = None, 0, None, 0
@@ -320,13 +344,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     for epoch in range(start_epoch, budget.epochs):
         if result.stopped_early:
             break
-        train_m = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, amp=amp,
+        train_m = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch, amp=amp,
                                   channels_last=channels_last, on_batch=on_batch, scheduler=scheduler, penalty=penalty)
         result.steps += train_m["steps"]
         last = epoch == budget.epochs - 1
         if (epoch + 1) % budget.eval_every and not last:
             continue
-        val_m = evaluate(model, criterion, val_loader, device, num_classes=num_classes, amp=amp, channels_last=channels_last)
+        val_m = evaluate(net, criterion, val_loader, device, num_classes=num_classes, amp=amp, channels_last=channels_last)
         smoothed = val_m["loss"] if smoothed is None else smoothing * smoothed + (1 - smoothing) * val_m["loss"]
         row = {"epoch": epoch, "step": step_offset + result.steps, "phase": phase, "train_loss": train_m["loss"],
                "train_accuracy": train_m["accuracy"], "val_loss": val_m["loss"], "val_loss_smoothed": smoothed,
