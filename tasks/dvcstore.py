@@ -79,7 +79,10 @@ def _repo(root: Path):
 def ensure_project(root: Path, remote_url: str, endpoint: str | None = None) -> Path:
     """Make ``root`` a transferops project: git repo, DVC, default remote. Idempotent.
 
-    Remote credentials are never written: DVC reads them from the environment.
+    Remote credentials are never written: DVC reads them from the environment. The remote's
+    URL is the project's (``.dvc/config``, committed); an S3 ``endpoint`` is this machine's
+    way to reach it (a laptop and a container see one server at two addresses), so it goes to
+    ``.dvc/config.local``, which DVC git-ignores, and DVC merges the two.
     """
     root.mkdir(parents=True, exist_ok=True)
     if not (root / ".git").exists():
@@ -101,7 +104,16 @@ def ensure_project(root: Path, remote_url: str, endpoint: str | None = None) -> 
             conf["core"]["remote"] = "storage"
             conf["core"]["analytics"] = False
             conf["core"]["check_update"] = False
-            conf["remote"]["storage"] = {"url": url, **({"endpointurl": endpoint} if endpoint else {})}
+            conf["remote"]["storage"] = {"url": url}  # an endpoint written here by older releases moves to local
+        with repo.config.edit("local") as local:
+            machine = local["remote"].get("storage", {})
+            machine.pop("endpointurl", None)
+            if endpoint:
+                machine["endpointurl"] = endpoint
+            if machine:
+                local["remote"]["storage"] = machine
+            else:
+                local["remote"].pop("storage", None)
     finally:
         repo.close()
     if "://" not in remote_url:

@@ -43,11 +43,17 @@ def test_push_and_fresh_checkout_through_s3(s3, tmp_path):
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="transferops-data").get("Contents", [])]
     assert keys and all(k.startswith("dvc/") for k in keys)
     config = (project / ".dvc" / "config").read_text()
-    assert "s3://transferops-data/dvc" in config and "endpointurl" in config
+    local = (project / ".dvc" / "config.local").read_text()
+    # the remote is the project's, committed; how this machine reaches it is machine-local
+    assert "s3://transferops-data/dvc" in config and "endpointurl" not in config
+    assert "endpointurl" in local and s3.meta.endpoint_url in local
+    ignored = subprocess.run(["git", "-C", str(project), "check-ignore", ".dvc/config.local"], capture_output=True, text=True)
+    assert ignored.returncode == 0, "DVC's .gitignore must keep config.local out of git"
     # credentials only ever come from the environment
     tracked = subprocess.run(["git", "-C", str(project), "log", "-p", "--all"], capture_output=True, text=True).stdout
     on_disk = "".join(p.read_text(errors="ignore") for p in project.rglob("*") if p.is_file() and p.stat().st_size < 10**6)
     assert SECRET not in tracked and SECRET not in config and SECRET not in on_disk
+    assert "endpointurl" not in tracked
     # a fresh clone has only git: the version comes back from S3, verified
     shutil.rmtree(project / ".dvc" / "cache")
     shutil.rmtree(project / "data")

@@ -283,7 +283,8 @@ class Settings(BaseSettings):
     # Embedded default: <project>/.transferops/dvc-remote (a folder remote). For S3/MinIO:
     # s3://bucket/prefix, credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only.
     dvc_remote_url: str | None = None
-    # S3-compatible endpoint (MinIO), e.g. http://127.0.0.1:9000; not a secret, goes to .dvc/config.
+    # S3-compatible endpoint (MinIO), e.g. http://127.0.0.1:9000: how this machine reaches the remote,
+    # so it goes to .dvc/config.local (git-ignored by DVC), never to the committed .dvc/config.
     dvc_remote_endpoint: str | None = None
     experiment: str = "transferops"
     model_name: str = "transferops-classifier"  # registered target model
