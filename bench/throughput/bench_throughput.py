@@ -34,7 +34,6 @@ Writes ``bench/results/throughput[_gpu].{json,md}``; the real-data cells need De
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -81,13 +80,11 @@ class _Synthetic(Dataset):
 
 def _real_records(side: int, n: int) -> tuple[list, dict[str, int]] | str:
     """Fashion-MNIST t10k as an ImageFolder of PNGs (written once), as records; or why not."""
-    try:
-        import fashion
-        from PIL import Image
+    import fashion
+    from PIL import Image
 
-        from transferops.data import scan_dataset
-    except ImportError as exc:  # pragma: no cover - the repo's own modules
-        return f"cannot import the data helpers: {exc}"
+    from transferops.data import scan_dataset
+
     root = HERE / "work" / "fmnist-t10k"
     done = root / ".complete"
     if not (done.exists() and int(done.read_text()) >= n):
@@ -312,5 +309,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
