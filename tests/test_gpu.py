@@ -84,3 +84,29 @@ def test_bf16_channels_last_features_match_fp32():
     fast = extract_features(model, loader, cuda, amp=True, channels_last=True).head
     cos = (fp32 * fast).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(fast, axis=1))
     assert fast.dtype == np.float32 and cos.min() > 0.99, cos.min()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_under_torchrun_with_nccl_learn_what_one_learns(tmp_path):
+    """training.nproc_per_node: auto takes every GPU: DDP over NCCL, the same budget and accuracy within noise."""
+    from transferops.config import load_settings
+    from transferops.data import scan_dataset
+    from transferops.engine import evaluate_on_test, train_model
+    from transferops.samples import write_shapes
+    from transferops.sources import scratch_source
+    from transferops.strategy import StrategyChoice, strategy_params
+
+    images = scan_dataset(write_shapes(tmp_path / "shapes", per_class=80, classes=3, seed=0))
+    accuracy, steps = {}, {}
+    for nproc in (1, "auto"):
+        s = load_settings(tmp_path / str(nproc))
+        s.training.device, s.training.epochs, s.training.patience, s.training.nproc_per_node = "cuda", 10, 10, nproc
+        s.training.batch_size, s.training.lr = 16, 3e-3
+        src = scratch_source(images, "resnet18", 32)
+        choice = StrategyChoice("scratch", "GPU test", strategy_params("scratch", s))
+        trained = train_model(s, src, choice, images, tmp_path / str(nproc) / "ckpt.pt", progress=False)
+        steps[nproc] = trained.fit.steps
+        accuracy[s.training.processes()] = evaluate_on_test(s, trained.model, src.weights, images)["accuracy"]
+    print(f"held-out accuracy by process count: {accuracy}")
+    assert steps[1] == steps["auto"] and len(accuracy) == 2
+    assert min(accuracy.values()) > 0.75 and max(accuracy.values()) - min(accuracy.values()) <= 0.15, accuracy

@@ -190,6 +190,51 @@ def test_split_preprocessing_is_the_preset_bit_for_bit_on_a_batch():
     assert split_preprocessing(other) == (other, None)  # anything else stays whole
 
 
+def test_batch_crops_are_per_image_inside_the_image_and_the_identity_at_full_scale():
+    from transferops.loading import random_resized_crop_batch
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32).repeat(8, 1, 1, 1)
+    assert torch.allclose(random_resized_crop_batch(x, scale=(1, 1), ratio=(1, 1)), x, atol=1e-6)
+    out = random_resized_crop_batch(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert len({round(float(o.sum()), 3) for o in out}) == 8, "each image gets its own crop"
+    assert out.min() >= x.min() - 1e-6 and out.max() <= x.max() + 1e-6  # resampled, never padded
+    # a crop of 75-100 % of the area zooms in: a checkerboard's finest detail blurs, never sharpens
+    board = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float().expand(4, 3, 32, 32).contiguous()
+    zoomed = random_resized_crop_batch(board, scale=(0.75, 0.75))
+    assert (zoomed - 0.5).abs().mean() < (board - 0.5).abs().mean()
+
+
+def test_device_preprocessing_augments_on_the_batch_and_ends_like_the_preset():
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms._presets import ImageClassification
+
+    from transferops.loading import device_preprocessing, split_preprocessing
+    from transferops.training import train_one_epoch
+
+    tf = ImageClassification(crop_size=32, resize_size=32, mean=(0.3, 0.4, 0.5), std=(0.2, 0.25, 0.3))
+    per_image, augmented = device_preprocessing(tf, augment=True)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    batch = torch.stack([per_image(img)] * 4)
+    assert batch.dtype == torch.uint8
+    torch.manual_seed(1)
+    out = augmented(batch)
+    plain = split_preprocessing(tf)[1](batch)
+    assert torch.equal(device_preprocessing(tf, augment=False)[1](batch), plain)  # no augmentation: the split preset
+    assert out.dtype == torch.float32 and out.shape == plain.shape and not torch.equal(out, plain)
+    # normalised like the preset: the same range of values as the un-augmented batch
+    assert abs(float(out.mean()) - float(plain.mean())) < 0.3
+    # the training step applies it after the copy to the device
+    model = build_model("resnet18", 2)
+    seen = []
+    loader = [(batch, torch.tensor([0, 1, 0, 1]))]
+    metrics = train_one_epoch(model, nn.CrossEntropyLoss(), make_optimizer(model, 1e-3), loader, torch.device("cpu"), 0,
+                              batch_transform=lambda x: seen.append(x.dtype) or augmented(x))
+    assert seen == [torch.uint8] and metrics["images"] == 4
+
+
 def test_optimizer_is_fused_adamw_with_the_per_tensor_arithmetic():
     """The fused kernel is a speed-up only: one step puts every weight where the default
     per-tensor AdamW puts it, to float rounding (later steps drift apart only by rounding

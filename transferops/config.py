@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -116,16 +116,34 @@ class TrainingConfig(_Section):
     compile: bool = True
     compile_min_steps: int = Field(1000, ge=0)
     cudnn_benchmark: bool = True  # CUDA only: cuDNN picks the fastest kernels for the input shape once
+    # CUDA only: loader workers decode and resize to uint8; the random crop, the conversion to
+    # float and the normalisation run per batch on the GPU (a quarter of the bytes cross the bus).
+    device_preprocess: bool = True
     # DataLoader worker processes; None: 0 on CPU (deterministic, and the cores train), and on
     # CUDA min(8, cores) with pinned memory and workers kept between epochs, so decoding keeps up.
     num_workers: int | None = Field(None, ge=0)
     checkpoint_interval_s: float = Field(30.0, ge=0)  # at most one resumable checkpoint this often
+    # Data-parallel training: each SGD phase runs under torchrun in this many processes (one per
+    # GPU) with DistributedDataParallel and the same global batch; "auto" takes every visible GPU
+    # (1 process without CUDA). Tracking and registration stay in the calling process: once.
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
 
-    def loader_workers(self, device: Any) -> int:
-        """``num_workers``, or its default for ``device`` (a ``torch.device`` or its type name)."""
+    def loader_workers(self, device: Any, processes: int = 1) -> int:
+        """``num_workers``, or its default for ``device`` (a ``torch.device`` or its type name)
+        in each of ``processes`` data-parallel processes (they share the machine's cores)."""
         if self.num_workers is not None:
             return self.num_workers
-        return min(8, os.cpu_count() or 1) if getattr(device, "type", device) == "cuda" else 0
+        cores = max(1, (os.cpu_count() or 1) // processes)
+        return min(8, cores) if getattr(device, "type", device) == "cuda" else 0
+
+    def processes(self) -> int:
+        """How many data-parallel processes a phase trains in (``nproc_per_node`` resolved)."""
+        if self.nproc_per_node != "auto":
+            return self.nproc_per_node
+        import torch
+
+        return max(1, torch.cuda.device_count()) if self.device in ("auto", "cuda") else 1
 
 
 StrategyName = Literal["feature_extraction", "partial_finetune", "full_finetune", "lp_ft", "scratch"]

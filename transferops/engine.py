@@ -82,8 +82,15 @@ def train_model(settings: "Settings", src: "SourceModel", choice: "StrategyChoic
         if phase.kind == "probe":  # a head that is not one linear layer (squeezenet's conv): SGD instead
             phase = Phase(phase.name, "train", None, choice.params["lr"], augment=False)
         path = Path(checkpoint)
-        result = _train_phase(settings, model, phase, images, src, device, path.with_name(f"{path.stem}.{phase.name}{path.suffix}"),
-                              step_offset=total.steps, on_epoch=on_epoch, progress=progress, label=choice.name)
+        phase_ckpt = path.with_name(f"{path.stem}.{phase.name}{path.suffix}")
+        if cfg.processes() > 1:  # torchrun: one DDP process per GPU; this process only waits and reports
+            from transferops.distributed import launch_phase
+
+            result = launch_phase(settings, model, phase, images, src, phase_ckpt, nproc=cfg.processes(),
+                                  step_offset=total.steps, on_epoch=on_epoch, progress=progress, label=choice.name)
+        else:
+            result = _train_phase(settings, model, phase, images, src, device, phase_ckpt,
+                                  step_offset=total.steps, on_epoch=on_epoch, progress=progress, label=choice.name)
         total.history += result.history
         total.steps += result.steps
         total.best_epoch, total.best_accuracy, total.best_loss = result.best_epoch, result.best_accuracy, result.best_loss
@@ -141,12 +148,17 @@ def _macro_f1(y: "np.ndarray", pred: "np.ndarray", n: int) -> float:
 
 def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "ImageSet", src: "SourceModel",
                  device: Any, checkpoint: Path, *, step_offset: int, on_epoch: Callable[[dict[str, Any]], None] | None,
-                 progress: bool, label: str) -> "FitResult":
-    """One SGD phase: optimizer groups from the phase, loaders, the budget, and a progress bar on stderr."""
+                 progress: bool, label: str, shard: tuple[int, int] | None = None) -> "FitResult":
+    """One SGD phase: optimizer groups from the phase, loaders, the budget, and a progress bar on stderr.
+
+    ``shard=(rank, world)``: this process is one DDP rank (:mod:`transferops.distributed`); the
+    budget is planned for the whole dataset and global batch, each rank loads ``1/world`` of
+    every batch (rounded up), so an epoch has the steps, and a step the images, of one process.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from transferops.loading import make_loader, train_transform
+    from transferops.loading import device_preprocessing, make_loader, split_preprocessing, train_transform
     from transferops.training import fit, l2_sp, make_optimizer, plan_budget, small_batch
 
     cfg = settings.training
@@ -157,11 +169,20 @@ def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "
     optimizer = make_optimizer(model, phase.lr, phase.backbone_lr_mult, phase.weight_decay, layer_decay=phase.layer_decay,
                                backbone_weight_decay=0.0 if phase.l2sp else None)
     tf = src.weights.transforms()
-    workers = cfg.loader_workers(device)
-    train_loader = make_loader(train, images.class_to_idx, train_transform(tf) if phase.augment and cfg.augment else tf,
-                               batch_size=batch, shuffle=True, seed=cfg.seed, num_workers=workers, device=device)
-    val_loader = make_loader(images.split("val"), images.class_to_idx, tf, batch_size=cfg.batch_size,
-                             shuffle=False, num_workers=workers, device=device)
+    world = shard[1] if shard else 1
+    workers = cfg.loader_workers(device, processes=world)
+    augment = phase.augment and cfg.augment
+    train_tf, val_tf, on_device = train_transform(tf) if augment else tf, tf, (None, None)
+    if cfg.device_preprocess and device.type == "cuda":
+        # decode and resize on the CPU workers, as uint8; crop, scale and normalise on the GPU
+        per_image, per_batch = device_preprocessing(tf, augment)
+        if per_batch is not None:
+            (train_tf, first), (val_tf, second) = (per_image, per_batch), split_preprocessing(tf)
+            on_device = (first, second)
+    train_loader = make_loader(train, images.class_to_idx, train_tf, batch_size=-(-batch // world), shuffle=True,
+                               seed=cfg.seed, num_workers=workers, device=device, shard=shard)
+    val_loader = make_loader(images.split("val"), images.class_to_idx, val_tf, batch_size=cfg.batch_size,
+                             shuffle=False, num_workers=workers, device=device, shard=shard)
     # progress is for people: stderr, so that stdout can carry one JSON document
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=Console(stderr=True),
@@ -184,7 +205,8 @@ def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "
                      compile=cfg.compile and budget.steps >= cfg.compile_min_steps, cudnn_benchmark=cfg.cudnn_benchmark,
                      penalty=l2_sp(model, phase.l2sp) if phase.l2sp else None, phase=phase.name,
                      step_offset=step_offset, checkpoint_path=checkpoint,
-                     checkpoint_interval_s=cfg.checkpoint_interval_s, on_epoch_end=epoch_done, on_batch=batch_done)
+                     checkpoint_interval_s=cfg.checkpoint_interval_s, on_epoch_end=epoch_done, on_batch=batch_done,
+                     distributed=shard is not None, batch_transforms=on_device)
     result.budget = budget.as_dict() | {"batch_size": batch}
     return result
 

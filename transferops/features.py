@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,10 +83,11 @@ def _pool(out: Any) -> torch.Tensor:
 @torch.inference_mode()
 def extract_features(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
                      blocks: Sequence[tuple[str, nn.Module]] = (), *, amp: bool = False,
-                     channels_last: bool = False) -> FeatureSet:
+                     channels_last: bool = False, batch_transform: Callable | None = None) -> FeatureSet:
     """One forward pass of ``model`` (eval mode) over ``loader``: the head layer's input and the
     pooled output of each of ``blocks``, as float32. ``amp`` (bf16 autocast) and ``channels_last``
-    apply on CUDA only, as in training."""
+    apply on CUDA only, as in training; ``batch_transform`` finishes preprocessing on the device
+    (:func:`transferops.loading.split_preprocessing`)."""
     from transferops.models import head_layer
     from transferops.training import _autocast, _to_device
 
@@ -102,7 +103,7 @@ def extract_features(model: nn.Module, loader: torch.utils.data.DataLoader, devi
     try:
         for images, targets in loader:
             with _autocast(device, amp):
-                model(_to_device(images, device, channels_last))
+                model(_to_device(images, device, channels_last, batch_transform))
             labels.append(torch.as_tensor(targets))
     finally:
         for h in hooks:
@@ -120,7 +121,7 @@ def cached_features(cache_dir: Path | None, model: nn.Module, weights: "Weights"
 
     ``extra_key`` must name anything else the features depend on (the backbone name).
     """
-    from transferops.loading import make_loader
+    from transferops.loading import make_loader, split_preprocessing
     from transferops.models import transforms_spec
 
     names = [n for n, _ in blocks]
@@ -130,8 +131,11 @@ def cached_features(cache_dir: Path | None, model: nn.Module, weights: "Weights"
     if path is not None and path.is_file():
         with np.load(path) as z:
             return FeatureSet({k[2:]: z[k] for k in z.files if k.startswith("l_")}, z["labels"], cached=True)
-    loader = make_loader(records, class_to_idx, weights.transforms(), batch_size=batch_size, shuffle=False)
-    fs = extract_features(model, loader, device, blocks)
+    per_image, per_batch = weights.transforms(), None
+    if device.type == "cuda":  # decode on the CPU, normalise on the GPU: the same tensors, bit for bit
+        per_image, per_batch = split_preprocessing(per_image)
+    loader = make_loader(records, class_to_idx, per_image, batch_size=batch_size, shuffle=False, device=device)
+    fs = extract_features(model, loader, device, blocks, batch_transform=per_batch)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")

@@ -62,16 +62,29 @@ class ImageDataset(Dataset):
 
 def make_loader(records: Sequence[ImageRecord], class_to_idx: dict[str, int], transform: Callable,
                 *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                device: torch.device | str | None = None) -> DataLoader:
+                device: torch.device | str | None = None, shard: tuple[int, int] | None = None) -> DataLoader:
     """A DataLoader whose shuffling order depends only on ``seed``.
 
     For a CUDA ``device`` (None: CUDA when present) batches come in pinned memory, so the
     copy to the GPU can overlap compute (``non_blocking``). Worker processes stay up between
     epochs and keep four batches each in flight.
+
+    ``shard=(rank, world)`` gives one data-parallel process its part: a shuffled loader takes
+    a ``DistributedSampler`` (every rank the same number of images, reshuffled per epoch by
+    ``sampler.set_epoch``), an ordered one every ``world``-th image from ``rank`` on, so that
+    evaluation sums over the ranks count each image exactly once.
     """
     gen = torch.Generator().manual_seed(seed)
     cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
-    extra = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
+    extra: dict = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
+    if shard is not None and shuffle:
+        from torch.utils.data.distributed import DistributedSampler
+
+        dataset = ImageDataset(records, class_to_idx, transform)
+        extra["sampler"] = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=True, seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, generator=gen, num_workers=num_workers, pin_memory=cuda, **extra)
+    if shard is not None:
+        records = list(records)[shard[0]::shard[1]]
     return DataLoader(ImageDataset(records, class_to_idx, transform), batch_size=batch_size, shuffle=shuffle,
                       generator=gen, num_workers=num_workers, pin_memory=cuda, **extra)
 
@@ -101,6 +114,53 @@ def split_preprocessing(transform: Callable) -> tuple[Callable, Callable | None]
         return F.normalize(F.convert_image_dtype(x, torch.float), mean=t.mean, std=t.std)
 
     return per_image, per_batch
+
+
+def random_resized_crop_batch(x: torch.Tensor, scale: tuple[float, float] = (0.75, 1.0),
+                              ratio: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """:func:`train_transform`'s random crop for each image of a float NCHW batch, on its device.
+
+    Each image gets its own crop (area a ``scale`` fraction, aspect ratio in ``ratio``, placed
+    uniformly inside the image), resampled bilinearly back to the batch's size in one
+    ``grid_sample``: a GPU does the whole batch in one kernel, where PIL crops image by image on
+    the CPU. Random numbers come from torch's generator of the batch's device (seeded by
+    ``seed_everything``).
+    """
+    import math
+
+    from torch.nn import functional as nnf
+
+    n, dev = x.shape[0], x.device
+    area = torch.empty(n, device=dev).uniform_(*scale)
+    aspect = torch.exp(torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+    # the crop's centre in [-1, 1] coordinates, so that the crop stays inside the image
+    cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
+    theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = nnf.affine_grid(theta, list(x.shape), align_corners=False)
+    return nnf.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def device_preprocessing(transform: Callable, augment: bool) -> tuple[Callable, Callable | None]:
+    """:func:`split_preprocessing` for a training loader: with ``augment``, the random crop of
+    :func:`train_transform` moves into the batch part too (:func:`random_resized_crop_batch`,
+    after the conversion to float and before normalising). The crop is taken of the already
+    resized image rather than of the original: the same distribution of shifts and scalings,
+    at the model's resolution. No batch part (None) for a transform that cannot be split."""
+    from torchvision.transforms import functional as F
+
+    per_image, per_batch = split_preprocessing(transform)
+    if per_batch is None or not augment:
+        return per_image, per_batch
+    t = transform
+
+    def augmented(x: torch.Tensor) -> torch.Tensor:
+        x = random_resized_crop_batch(F.convert_image_dtype(x, torch.float))
+        return F.normalize(x, mean=t.mean, std=t.std)
+
+    return per_image, augmented
 
 
 def train_transform(base: Callable) -> Callable:

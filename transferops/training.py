@@ -4,6 +4,11 @@
 metric dicts; ``fit`` runs a step budget (:func:`plan_budget`) with a warm-up + cosine
 schedule, early stopping on the smoothed validation loss and a checkpoint it can resume
 from. Logging is the caller's job: pass ``on_epoch_end``.
+
+With ``distributed=True`` (a process group set up by :mod:`transferops.distributed` under
+torchrun) the same functions train one DistributedDataParallel replica: sums are reduced
+over the ranks, so every rank sees the same metrics and takes the same early-stopping and
+checkpoint decisions, and only rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -98,15 +103,18 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool,
+               batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
+    if batch_transform is not None:  # the rest of the preprocessing, on the device (uint8 crossed the bus)
+        x = batch_transform(x)
     if channels_last and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool = False, compile: bool = False,
-                  cudnn_benchmark: bool = True) -> nn.Module:
+                  cudnn_benchmark: bool = True, distributed: bool = False) -> nn.Module:
     """Move ``model`` to ``device`` and return the module to call for training and evaluation.
 
     On CUDA: weights in ``channels_last`` (NHWC, what tensor-core convolutions read),
@@ -114,26 +122,48 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
     ``torch.compile`` (fused kernels; the compiled wrapper shares ``model``'s parameters, so
     optimizers, checkpoints and state dicts keep using ``model``). On CPU the model is
     returned as it is: compiling there needs a C++ toolchain and rarely pays for small runs.
+    ``distributed`` wraps it in DistributedDataParallel (before compiling, as PyTorch advises),
+    which averages the gradients over the ranks in the backward pass.
     """
     model.to(device)
-    if device.type != "cuda":
-        return model
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
+    net = model
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if compile and device.type == "cuda" else net
+
+
+def _all_reduce(*values: torch.Tensor) -> list[torch.Tensor]:
+    """Sum each tensor over the ranks (one collective for all of them); float64, on their device."""
+    import torch.distributed as dist
+
+    flat = torch.cat([v.detach().double().reshape(-1) for v in values])
+    dist.all_reduce(flat)
+    out, i = [], 0
+    for v in values:
+        out.append(flat[i:i + v.numel()].reshape(v.shape))
+        i += v.numel()
+    return out
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
                     device: torch.device, epoch: int, *, amp: bool = False, channels_last: bool = False,
                     on_batch: Callable[[int, int], None] | None = None,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                    penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+                    penalty: Callable[[], torch.Tensor] | None = None, distributed: bool = False,
+                    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over ``data_loader``; returns mean loss, accuracy, images, steps and seconds.
 
     ``scheduler`` steps after every optimizer step; ``penalty`` is added to the loss. The loss
     and the hits are summed on the device and read once, at the end: a ``.item()`` per step
-    would make the host wait for the device after every batch.
+    would make the host wait for the device after every batch. ``distributed``: the figures
+    are those of all ranks together. ``batch_transform`` finishes each batch's preprocessing
+    on the device (:func:`transferops.loading.device_preprocessing`).
     """
     model.train()
     start = time.perf_counter()
@@ -141,7 +171,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     correct = torch.zeros((), dtype=torch.long, device=device)
     n = 0
     for i, (images, targets) in enumerate(data_loader):
-        images = _to_device(images, device, channels_last)
+        images = _to_device(images, device, channels_last, batch_transform)
         targets = targets.to(device, non_blocking=True)
         with _autocast(device, amp):
             output = model(images)
@@ -159,6 +189,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             on_batch(i + 1, len(data_loader))
     if n == 0:
         raise ValueError("the train loader yielded no images; the train split is empty")
+    if distributed:
+        loss_sum, correct, total = _all_reduce(loss_sum, correct, torch.tensor(float(n), device=device))
+        n = int(total)
     loss_total, hits = float(loss_sum), int(correct)  # the epoch's one synchronisation
     return {"epoch": epoch, "loss": loss_total / n, "accuracy": hits / n, "images": n, "steps": len(data_loader),
             "seconds": time.perf_counter() - start}
@@ -167,9 +200,13 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 @torch.inference_mode()
 def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, device: torch.device, *,
              num_classes: int, amp: bool = False, channels_last: bool = False,
-             classes: Sequence[str] | None = None) -> dict[str, Any]:
+             classes: Sequence[str] | None = None, distributed: bool = False,
+             batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """Loss, accuracy, macro F1, per-class recall, expected calibration error (:func:`expected_calibration_error`)
     and the confusion matrix (rows: true, columns: predicted).
+
+    ``distributed``: each rank evaluates its shard (``make_loader(shard=...)``) and the
+    figures are those of the whole split, the same on every rank.
 
     ``per_class_recall`` maps each class (its name in ``classes``, else its index as a string)
     to its recall, or None when the split has no image of it.
@@ -181,7 +218,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, de
     hits: list[torch.Tensor] = []  # whether that top class was right
     loss_sum, n = torch.zeros((), device=device), 0
     for images, targets in data_loader:
-        images = _to_device(images, device, channels_last)
+        images = _to_device(images, device, channels_last, batch_transform)
         targets = targets.to(device, non_blocking=True)
         with _autocast(device, amp):
             output = model(images)
@@ -192,6 +229,16 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, de
         confidence.append(torch.softmax(output.float(), 1).amax(1))
         hits.append(pred == targets)
         confusion += torch.bincount(targets * num_classes + pred, minlength=num_classes**2)
+    conf = torch.cat(confidence).cpu().numpy() if confidence else np.zeros(0, np.float32)
+    right = torch.cat(hits).cpu().numpy() if hits else np.zeros(0, bool)
+    if distributed:
+        import torch.distributed as dist
+
+        loss_sum, confusion, total = _all_reduce(loss_sum, confusion, torch.tensor(float(n), device=device))
+        confusion, n = confusion.long(), int(total)
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (conf, right))
+        conf, right = np.concatenate([c for c, _ in parts]), np.concatenate([r for _, r in parts])
     if n == 0:
         raise ValueError("the evaluation loader yielded no images; the split is empty")
     confusion = confusion.cpu().reshape(num_classes, num_classes)
@@ -202,7 +249,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, data_loader: DataLoader, de
     f1 = (2 * precision * recall / (precision + recall).clamp_min(1e-12))
     names = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
     return {"loss": float(loss_sum) / n, "accuracy": float(tp.sum() / n), "macro_f1": float(f1.mean()), "images": n,
-            "ece": expected_calibration_error(torch.cat(confidence).cpu().numpy(), torch.cat(hits).cpu().numpy()),
+            "ece": expected_calibration_error(conf, right),
             "per_class_recall": {c: float(r) if s else None for c, r, s in zip(names, recall.tolist(), support.tolist(), strict=True)},
             "confusion": confusion.tolist()}
 
@@ -310,7 +357,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         cudnn_benchmark: bool = True, penalty: Callable[[], torch.Tensor] | None = None, phase: str = "train", step_offset: int = 0,
         checkpoint_path: Path | None = None, checkpoint_interval_s: float = 30.0,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-        on_batch: Callable[[int, int], None] | None = None) -> FitResult:
+        on_batch: Callable[[int, int], None] | None = None, distributed: bool = False,
+        batch_transforms: tuple[Callable | None, Callable | None] = (None, None)) -> FitResult:
     """Train for ``budget`` with a warm-up + cosine schedule; the model ends with its best weights.
 
     Early stopping and the choice of the kept weights read the validation *loss*,
@@ -323,9 +371,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     :func:`prepare_model`). ``penalty`` (e.g. L2-SP) is added to every step's loss. The full state goes to
     ``checkpoint_path`` at an evaluation at most every ``checkpoint_interval_s`` seconds
     (and at the last one); calling ``fit`` again with the same path resumes after it.
+
+    ``distributed``: this process is one rank of an initialised process group and the loaders
+    hold its shards (``make_loader(shard=...)``); the model trains as a DistributedDataParallel
+    replica, rank 0 writes the checkpoint (with every rank's random state), and every rank
+    resumes from it. Callbacks run where they are passed: pass them on rank 0 only.
+    ``batch_transforms``: the device-side ends of the train and validation loaders' preprocessing.
     """
     criterion = nn.CrossEntropyLoss()
-    net = prepare_model(model, device, channels_last=channels_last, compile=compile, cudnn_benchmark=cudnn_benchmark)
+    rank = torch.distributed.get_rank() if distributed else 0
+    net = prepare_model(model, device, channels_last=channels_last, compile=compile, cudnn_benchmark=cudnn_benchmark,
+                        distributed=distributed)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(budget.steps, warmup_fraction))
     result = FitResult()
     best_state, bad_evals, smoothed, start_epoch = None, 0, None, 0
@@ -335,7 +391,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         result, best_state, bad_evals, smoothed = ckpt["result"], ckpt["best_state"], ckpt["bad_evals"], ckpt["smoothed"]
-        torch.set_rng_state(ckpt["rng"])
+        # a list: one state per rank of the run that wrote it (a resume with fewer ranks takes rank 0's)
+        rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+        torch.set_rng_state(rng[rank] if rank < len(rng) else rng[0])
         if train_loader.generator is not None:
             train_loader.generator.set_state(ckpt["loader_rng"])
         start_epoch = ckpt["epoch"] + 1
@@ -344,13 +402,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
     for epoch in range(start_epoch, budget.epochs):
         if result.stopped_early:
             break
+        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new order each epoch, the same on every rank
+            train_loader.sampler.set_epoch(epoch)
         train_m = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch, amp=amp,
-                                  channels_last=channels_last, on_batch=on_batch, scheduler=scheduler, penalty=penalty)
+                                  channels_last=channels_last, on_batch=on_batch, scheduler=scheduler, penalty=penalty,
+                                  distributed=distributed, batch_transform=batch_transforms[0])
         result.steps += train_m["steps"]
         last = epoch == budget.epochs - 1
         if (epoch + 1) % budget.eval_every and not last:
             continue
-        val_m = evaluate(net, criterion, val_loader, device, num_classes=num_classes, amp=amp, channels_last=channels_last)
+        val_m = evaluate(net, criterion, val_loader, device, num_classes=num_classes, amp=amp, channels_last=channels_last,
+                         distributed=distributed, batch_transform=batch_transforms[1])
         smoothed = val_m["loss"] if smoothed is None else smoothing * smoothed + (1 - smoothing) * val_m["loss"]
         row = {"epoch": epoch, "step": step_offset + result.steps, "phase": phase, "train_loss": train_m["loss"],
                "train_accuracy": train_m["accuracy"], "val_loss": val_m["loss"], "val_loss_smoothed": smoothed,
@@ -366,12 +428,21 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLo
             bad_evals += 1
             result.stopped_early = bad_evals >= patience and result.steps >= budget.min_steps // 2 and not last
         due = last or result.stopped_early or time.monotonic() - last_save >= checkpoint_interval_s
+        if distributed:  # clocks differ between ranks: rank 0's decides, as the save needs every rank's state
+            flag = [due]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            due = flag[0]
         if checkpoint_path is not None and due:
-            _save_checkpoint(Path(checkpoint_path), {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "result": result, "best_state": best_state,
-                "bad_evals": bad_evals, "smoothed": smoothed, "rng": torch.get_rng_state(),
-                "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None})
+            rngs = [torch.get_rng_state()]
+            if distributed:
+                rngs = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(rngs, torch.get_rng_state())
+            if rank == 0:
+                _save_checkpoint(Path(checkpoint_path), {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "result": result, "best_state": best_state,
+                    "bad_evals": bad_evals, "smoothed": smoothed, "rng": rngs,
+                    "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None})
             last_save = time.monotonic()
         if on_epoch_end:
             on_epoch_end(row)

@@ -102,21 +102,22 @@ def _real_records(side: int, n: int) -> tuple[list, dict[str, int]] | str:
 
 
 def _real_loader(records: list, class_to_idx: dict[str, int], side: int, batch: int, engine: bool,
-                 cfg: TrainingConfig, device: torch.device) -> DataLoader:
-    """Decoded PNGs resized to ``side`` as uint8 tensors: the tutorial's ImageFolder way, or the project's loader."""
-    from torchvision.transforms import v2
+                 cfg: TrainingConfig, device: torch.device) -> tuple[DataLoader, Callable | None]:
+    """Decoded PNGs resized to ``side``: the tutorial's ImageFolder way, or the project's loader;
+    and the batch part of the preprocessing that runs on the device (None: all in the loader)."""
+    from torchvision.transforms._presets import ImageClassification
 
-    from transferops.loading import make_loader
+    from transferops.loading import ImageDataset, make_loader, split_preprocessing
 
-    # what weights.transforms() does for a torchvision backbone, at the benchmark's side
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize([side, side], antialias=True), v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    if engine:
-        return make_loader(records, class_to_idx, tf, batch_size=batch, shuffle=True, seed=0,
-                           num_workers=cfg.loader_workers(device), device=device)
-    from transferops.loading import ImageDataset
-
-    return DataLoader(ImageDataset(records, class_to_idx, tf), batch_size=batch, shuffle=True)
+    # weights.transforms() of a torchvision backbone, at the benchmark's side
+    tf = ImageClassification(crop_size=side, resize_size=side)
+    if not engine:
+        return DataLoader(ImageDataset(records, class_to_idx, tf), batch_size=batch, shuffle=True), None
+    per_image, per_batch = tf, None
+    if cfg.device_preprocess and device.type == "cuda":  # as the engine's loaders: uint8 over the bus
+        per_image, per_batch = split_preprocessing(tf)
+    return make_loader(records, class_to_idx, per_image, batch_size=batch, shuffle=True, seed=0,
+                       num_workers=cfg.loader_workers(device), device=device), per_batch
 
 
 def _repeat(loader: DataLoader, steps: int):
@@ -151,7 +152,8 @@ def plain_train(model: nn.Module, loader: DataLoader, device: torch.device) -> C
     return steps
 
 
-def engine_train(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainingConfig) -> Callable[[int], None]:
+def engine_train(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainingConfig,
+                 batch_transform: Callable | None = None) -> Callable[[int], None]:
     """transferops' training step as ``fit`` runs it (prepared model, fused AdamW, device-side metrics)."""
     net = prepare_model(model, device, channels_last=cfg.channels_last, compile=cfg.compile,
                         cudnn_benchmark=cfg.cudnn_benchmark)
@@ -159,7 +161,8 @@ def engine_train(model: nn.Module, loader: DataLoader, device: torch.device, cfg
     criterion = nn.CrossEntropyLoss()
 
     def steps(k: int) -> None:
-        train_one_epoch(net, criterion, optimizer, _Steps(loader, k), device, 0, amp=cfg.amp, channels_last=cfg.channels_last)
+        train_one_epoch(net, criterion, optimizer, _Steps(loader, k), device, 0, amp=cfg.amp, channels_last=cfg.channels_last,
+                        batch_transform=batch_transform)
 
     return steps
 
@@ -188,11 +191,13 @@ def plain_extract(model: nn.Module, loader: DataLoader, device: torch.device) ->
     return steps
 
 
-def engine_extract(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainingConfig) -> Callable[[int], None]:
+def engine_extract(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainingConfig,
+                   batch_transform: Callable | None = None) -> Callable[[int], None]:
     from transferops.features import extract_features
 
     def steps(k: int) -> None:
-        extract_features(model, _Steps(loader, k), device, amp=cfg.amp, channels_last=cfg.channels_last)
+        extract_features(model, _Steps(loader, k), device, amp=cfg.amp, channels_last=cfg.channels_last,
+                         batch_transform=batch_transform)
 
     return steps
 
@@ -233,11 +238,14 @@ def run(models: tuple[str, ...], side: int, batch: int, steps: int, warmup: int,
                 for mode in ("plain", "engine"):
                     torch.manual_seed(0)
                     model = build_model(name, 10)
-                    loader = synthetic if source == "synthetic" else _real_loader(*real, side, batch, mode == "engine", cfg, device)
+                    loader, on_device = (synthetic, None) if source == "synthetic" else \
+                        _real_loader(*real, side, batch, mode == "engine", cfg, device)
                     if task == "train":
-                        fns[mode] = plain_train(model, loader, device) if mode == "plain" else engine_train(model, loader, device, cfg)
+                        fns[mode] = plain_train(model, loader, device) if mode == "plain" else \
+                            engine_train(model, loader, device, cfg, on_device)
                     else:
-                        fns[mode] = plain_extract(model, loader, device) if mode == "plain" else engine_extract(model, loader, device, cfg)
+                        fns[mode] = plain_extract(model, loader, device) if mode == "plain" else \
+                            engine_extract(model, loader, device, cfg, on_device)
                     peak = _peak_after_warmup(fns[mode], device, warmup)
                     row[f"{mode}_peak_gib"] = None if peak is None else round(peak, 2)
                 times: dict[str, list[float]] = {"plain": [], "engine": []}
