@@ -52,7 +52,7 @@ def local_server(home: Path, port: int, say: Callable[[str], None] = lambda _m: 
                          "the server that is running there")
     home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+                        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
     env.pop("PREFECT_API_URL", None)
     log = home / "server.log"
     say(f"starting a local Prefect server on {url} (database and log in {home}; the first start migrates "

@@ -68,8 +68,8 @@ def stack(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {
         "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": url,
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false", "DO_NOT_TRACK": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "2", "TRANSFEROPS_PROJECT_DIR": str(project),
         # the worker's flow runs find the project through the environment; the loop retrains on any drift
         "TRANSFEROPS_MONITOR__RETRAIN_ON": "drift", "TRANSFEROPS_TRAINING__MIN_STEPS": "0",
@@ -225,7 +225,7 @@ def test_serve_runs_the_loop_without_workers_on_a_server_it_starts_and_stops(tmp
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")} | {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false", "DO_NOT_TRACK": "1",
         "TRANSFEROPS_MONITOR__RETRAIN_ON": "drift", "TRANSFEROPS_TRAINING__MIN_STEPS": "0",
         "TRANSFEROPS_STRATEGY__BASELINE_MAX_TRAIN_IMAGES": "0"}
     log = tmp_path / "serve.log"

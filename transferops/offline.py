@@ -20,6 +20,10 @@ OFFLINE_ENV: dict[str, str] = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Pretrained weights come from a local file or the torch cache, never a download.
     "HF_HUB_OFFLINE": "1",
+    # An MLflow 3.17 server that proxies an S3 store advertises presigned downloads: the client
+    # then fetches every artifact from the S3 endpoint the *server* uses (http://minio:9000 in
+    # infra/), which a laptop outside the compose network cannot resolve. Through the server.
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
 }
 
 
