@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.runtime import flow_run as prefect_flow_run
 from pydantic import BaseModel, Field
 
 from flows.common import open_run, prepare_data
@@ -52,10 +53,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _last_start(tags: dict[str, str]) -> datetime | None:
+def _last_start(tags: dict[str, str], flow_run_id: str | None = None) -> datetime | None:
+    """When the last retrain started; None when none did, or when it was an earlier attempt of
+    flow run ``flow_run_id`` itself (a retry after its worker died must not wait out its own cooldown)."""
     try:
-        return datetime.fromisoformat(json.loads(tags[LAST_RETRAIN_TAG])["started"])
-    except (KeyError, ValueError, TypeError):
+        record = json.loads(tags[LAST_RETRAIN_TAG])
+        if flow_run_id and record.get("flow_run_id") == flow_run_id:
+            return None
+        return datetime.fromisoformat(record["started"])
+    except (KeyError, ValueError, TypeError, AttributeError):
         return None
 
 
@@ -68,7 +74,8 @@ def retrain(params: RetrainParams) -> dict:
     model_tags = registry.model_tags(s, s.model_name)
     base = {"run_name": ctx.run_name, "model": s.model_name, "trigger": params.trigger,
             "champion": champion.version if champion else None}
-    go = retrain_guard(_now(), _last_start(model_tags), s.monitor.cooldown_hours, None, None, params.force)
+    flow_run_id = str(prefect_flow_run.id) if prefect_flow_run.id else None
+    go = retrain_guard(_now(), _last_start(model_tags, flow_run_id), s.monitor.cooldown_hours, None, None, params.force)
     if not go.proceed:
         print(f"Retrain skipped: {go.reason}")
         return base | {"status": "skipped", "reason": go.reason}
@@ -82,7 +89,7 @@ def retrain(params: RetrainParams) -> dict:
     if not source:
         raise InputError(f"model {s.model_name} has no champion to take the source from; pass params.source")
     started = _now().isoformat(timespec="seconds")
-    record = {"started": started, "run": ctx.run_name, "status": "running",
+    record = {"started": started, "run": ctx.run_name, "status": "running", "flow_run_id": flow_run_id,
               "trigger": {k: params.trigger[k] for k in ("event_id", "monitor_run_id") if k in params.trigger}
               if params.trigger else None}
     registry.set_model_tag(s, s.model_name, LAST_RETRAIN_TAG, record)  # the cooldown starts now

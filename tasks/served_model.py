@@ -13,6 +13,7 @@ lost connection never creates a duplicate version.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from tasks import registry
 from transferops.config import Settings
 from transferops.models import BUNDLE_META, BUNDLE_WEIGHTS, read_bundle_meta
 
+log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name within its run
 PYFUNC_FILE = Path(__file__).with_name("served_pyfunc.py")
 
@@ -82,10 +84,47 @@ def log_served_model(settings: Settings, run_id: str, bundle_dir: Path, example_
     return info.model_id
 
 
+FLOW_RUN_VERSION_TAG = f"{registry.LINEAGE_PREFIX}prefect_flow_run_id"  # transferops.lineage.Lineage.tags()
+
+
+def drop_partial_versions(c: Any, name: str, run_id: str, flow_run_id: str) -> list[str]:
+    """Delete the versions of ``name`` that an earlier attempt of Prefect flow run ``flow_run_id``
+    registered and never finished (a retry after a crash or a failure); returns their numbers.
+
+    A train run registers its version, then tags the decision and moves ``challenger`` (and
+    maybe ``champion``); its MLflow run ends FINISHED only after that. An attempt that died in
+    between (SIGKILL: its run stays RUNNING; an exception: FAILED) left a version no decision
+    was taken on. Versions holding an alias, and those of a FINISHED run (a retried run that had
+    completed), are kept: only undecided leftovers go, so a flow run ends with one version.
+    """
+    out: list[str] = []
+    earlier = [v for v in c.search_model_versions(f"name='{name}' and tags.`{FLOW_RUN_VERSION_TAG}` = '{flow_run_id}'")
+               if v.run_id != run_id]
+    if not earlier:
+        return out
+    # search results carry no aliases; the registered model has the alias map
+    aliased = {str(v) for v in (c.get_registered_model(name).aliases or {}).values()}
+    for v in sorted(earlier, key=lambda v: int(v.version)):
+        if str(v.version) in aliased:
+            continue
+        if c.get_run(v.run_id).info.status == "FINISHED":
+            continue
+        c.delete_model_version(name, str(v.version))
+        out.append(str(v.version))
+    return out
+
+
 def register(settings: Settings, run_id: str, name: str, model_id: str, tags: dict[str, str]) -> registry.RegisteredVersion:
-    """The version of ``name`` made from this run: created once, found again on a retry."""
+    """The version of ``name`` made from this run: created once, found again on a retry. A
+    version an earlier, dead attempt of the same Prefect flow run left undecided is deleted
+    first (:func:`drop_partial_versions`)."""
     c = registry.client(settings)
     registry.ensure_registered(c, name)
+    if tags.get(FLOW_RUN_VERSION_TAG):
+        dropped = drop_partial_versions(c, name, run_id, tags[FLOW_RUN_VERSION_TAG])
+        if dropped:
+            log.warning("deleted version(s) %s of %s: an earlier attempt of flow run %s registered them and died "
+                        "before deciding on them", ", ".join(dropped), name, tags[FLOW_RUN_VERSION_TAG])
     found = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if found:
         mv = min(found, key=lambda v: int(v.version))

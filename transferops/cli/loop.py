@@ -95,16 +95,27 @@ def trained_on_line(where: dict[str, Any]) -> str:
     return f"{where['where']}: {where.get('reason', '')}"
 
 
+# How long a run may be silent (no heartbeat) before it is marked CRASHED; default three heartbeats.
+CRASH_AFTER_HELP = ("seconds without a heartbeat after which a transferops flow run is marked CRASHED (its worker "
+                    "died); at least two heartbeats [default: three heartbeats of prefect.yaml's "
+                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY]")
+
+
 @command(cli, "deploy", "register the deployments of prefect.yaml (schedules, triggers) with the Prefect API")
 @click.option("--name", "names", multiple=True, help="deployment to register (repeatable; default: all)")
 @click.option("--prefect-file", default=str(REPO / "prefect.yaml"), show_default=True,
               help="deployment file (its entrypoints are read from this checkout)")
-def deploy_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: str) -> None:
+@click.option("--crash-after", type=click.FloatRange(min=0, min_open=True), default=None, help=CRASH_AFTER_HELP)
+def deploy_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: str, crash_after: float | None) -> None:
     from prefect.settings import PREFECT_API_URL
+
+    from tasks import automations
 
     if not PREFECT_API_URL.value():
         raise InputError("no Prefect API is configured to deploy to; start one (prefect server start, or "
                          "infra/docker-compose.yml) and set PREFECT_API_URL, or run `transferops serve` instead")
+    # every deployment's heartbeat, not only the named ones': the automation watches all their runs
+    window = automations.crash_window(automations.heartbeat_seconds(Path(prefect_file)), crash_after)
     args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(Path(prefect_file).resolve())]
     args += [a for n in names for a in ("--name", n)] or ["--all"]
     # prefect.yaml's entrypoints (flows/...) are relative to this checkout, wherever the file is
@@ -112,8 +123,10 @@ def deploy_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: 
     sys.stderr.write(res.stdout + res.stderr)
     if res.returncode:
         raise InputError(f"prefect deploy failed (exit {res.returncode}); its output is above")
-    out.result({"prefect_file": prefect_file, "deployments": list(names) or "all", "api": PREFECT_API_URL.value()},
-               "Deployed")
+    # runs of these deployments whose worker dies end CRASHED instead of RUNNING forever
+    crashed = automations.ensure_zombie_automation(window)
+    out.result({"prefect_file": prefect_file, "deployments": list(names) or "all", "api": PREFECT_API_URL.value(),
+                "zombie_automation": crashed}, "Deployed")
 
 
 @command(cli, "serve", "run the deployments of prefect.yaml (schedules, triggers) in this process, without workers")
@@ -123,16 +136,28 @@ def deploy_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: 
 @click.option("--port", type=click.IntRange(1, 65535), default=4200, show_default=True,
               help="port of the local Prefect server started when PREFECT_API_URL is not set")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="most flow runs at once (default: no limit)")
+@click.option("--crash-after", type=click.FloatRange(min=0, min_open=True), default=None, help=CRASH_AFTER_HELP)
 def serve_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: str, port: int,
-              limit: int | None) -> None:
+              limit: int | None, crash_after: float | None) -> None:
     from contextlib import nullcontext
 
     from flows.serve import deployment_specs, serve_deployments
+    from tasks import automations
 
     specs = deployment_specs(Path(prefect_file), names)
     project = state.project()
     # served flow runs are child processes: they find the project (and the API) in the environment
     os.environ["TRANSFEROPS_PROJECT_DIR"] = str(project)
+    # Served runs get no job variables: they heartbeat as prefect.yaml's deployments would,
+    # unless this environment sets its own interval, which the crash window then follows.
+    os.environ.setdefault(automations.HEARTBEAT_ENV,
+                          str(automations.heartbeat_seconds(Path(prefect_file), tuple(s["name"] for s in specs))))
+    try:
+        beat = max(int(os.environ[automations.HEARTBEAT_ENV]), automations.MIN_HEARTBEAT_S)
+    except ValueError:
+        raise InputError(f"{automations.HEARTBEAT_ENV} must be a whole number of seconds, "
+                         f"got {os.environ[automations.HEARTBEAT_ENV]!r}") from None
+    window = automations.crash_window(beat, crash_after)
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
         server = nullcontext(configured)
@@ -145,7 +170,9 @@ def serve_cmd(state: State, out: Output, names: tuple[str, ...], prefect_file: s
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: url}):
+            crashed = automations.ensure_zombie_automation(window)
             out.note(f"serving {', '.join(s['name'] for s in specs)} for project {project} against {url}; "
-                     "Ctrl-C stops (and pauses their schedules)")
+                     f"runs silent for {window:g} s are marked crashed; Ctrl-C stops (and pauses their schedules)")
             serve_deployments(specs, limit=limit)
-    out.result({"served": [s["name"] for s in specs], "api": url, "project": str(project)}, "Served")
+    out.result({"served": [s["name"] for s in specs], "api": url, "project": str(project),
+                "zombie_automation": crashed}, "Served")
