@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import registry, sources
+from tasks import registry, runners, sources
 from tasks.tracking import TrackedRun
 from transferops import assessment, engine, lineage
 from transferops import sources as core_sources
@@ -28,10 +28,20 @@ from transferops.strategy import StrategyChoice
 resolve_source = task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)(sources.open_source)
 scratch_source = task(cache_policy=NO_CACHE)(core_sources.scratch_source)
 measure_drift = task(cache_policy=NO_CACHE)(assessment.measure_drift)
-pick_strategy = task(cache_policy=NO_CACHE)(assessment.pick_strategy)
 evaluate_on_test = task(cache_policy=NO_CACHE)(engine.evaluate_on_test)
 measure_latency = task(cache_policy=NO_CACHE)(engine.measure_latency)
 export_bundle = task(cache_policy=NO_CACHE)(engine.export_bundle)
+
+
+@task(cache_policy=NO_CACHE)
+def pick_strategy(settings: Settings, requested: str, src: SourceModel, images: ImageSet,
+                  drift: assessment.DriftOutcome) -> StrategyChoice:
+    """The core's strategy choice; a search runs its trials where ``settings.execution`` says
+    (one after another here, or as task runs on a Dask cluster: ``tasks/runners.py``)."""
+    if requested != "search":
+        return assessment.pick_strategy(settings, requested, src, images, drift)
+    with runners.trial_map(settings.execution) as map_trials:
+        return assessment.pick_strategy(settings, requested, src, images, drift, map_trials)
 
 
 @task(cache_policy=NO_CACHE)

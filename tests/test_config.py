@@ -109,7 +109,7 @@ def test_the_infra_example_file_is_valid_and_spells_the_defaults():
 
     example = yaml.safe_load((Path(__file__).resolve().parent.parent / "infra" / "transferops.yaml.example").read_text())
     sections = {k: v for k, v in example.items() if isinstance(v, dict)}
-    assert {"training", "strategy", "drift", "promotion", "monitor"} <= set(sections)
+    assert {"training", "strategy", "drift", "promotion", "monitor", "execution"} <= set(sections)
     settings = Settings(**example)
     for name in sections:
         section = getattr(settings, name)  # against the class's defaults: the tests' environment overrides some

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from transferops.data import ImageSet
     from transferops.drift import DriftResult
     from transferops.drift.report import DriftReport
+    from transferops.search import TrialMap
     from transferops.sources import SourceModel
     from transferops.strategy import Evidence, StrategyChoice
 
@@ -73,12 +74,13 @@ def measure_drift(settings: "Settings", src: "SourceModel", images: "ImageSet",
 
 
 def pick_strategy(settings: "Settings", requested: str, src: "SourceModel", images: "ImageSet",
-                  drift: DriftOutcome) -> "StrategyChoice":
+                  drift: DriftOutcome, map_trials: "TrialMap | None" = None) -> "StrategyChoice":
     """The named strategy with its parameters, ``auto``'s rule on measured evidence, or ``search``'s winner.
 
     ``partial_finetune`` measures its k (see :func:`choose_freeze_blocks`) unless the settings
     fix it. Whatever was measured lands in ``choice.evidence`` and its cost in
-    ``choice.selection_seconds``.
+    ``choice.selection_seconds``. ``map_trials`` runs the search's trials of a rung (default:
+    one after another; see :func:`transferops.search.search_strategy`); other requests ignore it.
     """
     import time
 
@@ -90,7 +92,7 @@ def pick_strategy(settings: "Settings", requested: str, src: "SourceModel", imag
     if requested == "search":
         from transferops.search import search_strategy
 
-        return search_strategy(settings, src, images, drift)
+        return search_strategy(settings, src, images, drift, map_trials)
     evidence: dict[str, Any] = {}
     if requested == "auto":
         ev = measure_evidence(settings, src, images, drift)

@@ -288,6 +288,28 @@ class TrackingConfig(_Section):
     http_timeout_s: int = Field(20, ge=1)
 
 
+class ExecutionConfig(_Section):
+    """Where the trials of a strategy search (and of the strategy benchmark) run.
+
+    ``sequential`` trains them one after another in the calling process, as a plain map.
+    ``dask`` submits each trial of a rung as a Prefect task to Prefect's ``DaskTaskRunner``
+    (the ``dask`` extra): on the scheduler at ``dask_address``, else on a ``LocalCluster``
+    started for the search. There is no thread-pool option: every trial seeds torch's
+    process-wide generator (``training.seed``), so trials in threads of one process would
+    draw from each other's random streams; processes keep each trial repeatable.
+    """
+
+    task_runner: Literal["sequential", "dask"] = "sequential"
+    # An existing scheduler, e.g. tcp://10.0.0.5:8786 (TRANSFEROPS_EXECUTION__DASK_ADDRESS); its
+    # workers need transferops and this repository installed, and the project folder at the same path.
+    dask_address: str | None = None
+    # Worker processes of the LocalCluster started when there is no address (None: one per CPU
+    # core, at most max_parallel_trials); each gets the cores divided among them as torch threads.
+    dask_workers: int | None = Field(None, ge=1)
+    # At most this many trials at once (None: as many as are ready); bounds memory on a shared cluster.
+    max_parallel_trials: int | None = Field(None, ge=1)
+
+
 class Settings(BaseSettings):
     """The resolved configuration; logged with every run."""
 
@@ -314,6 +336,7 @@ class Settings(BaseSettings):
     promotion: PromotionConfig = PromotionConfig()
     monitor: MonitorConfig = MonitorConfig()
     tracking: TrackingConfig = TrackingConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @field_validator("project_dir")
     @classmethod

@@ -19,6 +19,11 @@ same key (scenario, strategy, seed, hash of settings + data + source + device + 
 
     .venv/bin/python bench/strategies/bench_strategies.py [--quick] [--domains clean,invert,rotate,noise]
         [--seeds 3] [--workdir bench/strategies/work] [--out bench/results/strategies]
+        [--dask [ADDRESS|local] [--dask-workers N]]
+
+``--dask`` runs each scenario's named runs in parallel as Prefect task runs on a Dask cluster
+(``tasks/runners.py``); the selections stay one at a time in this process, so their seconds
+compare as before.
 
 Writes ``<out>.json`` (every raw run, the derived table, the environment) and ``<out>.md``.
 """
@@ -32,6 +37,8 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -113,14 +120,19 @@ def run_scenario(sc: dict[str, Any], s0: Any, src: Any, store: runs.RunStore, ct
             log(f"{name}: {d.reason} ({secs:.1f} s)")
         return box[0]
 
-    for seed in sc["seeds"]:
-        s = runs.with_seed(s0, seed)
-        for strat in STRATEGIES:
-            if store.get("run", name, strat, seed, config):
-                continue
-            d = drift()
-            log(f"{name}: {strat} seed {seed} ...")
-            res = runs.named_run(s, src, strat, images, d, folder)
+    todo = [(strat, seed) for seed in sc["seeds"] for strat in STRATEGIES
+            if not store.get("run", name, strat, seed, config)]
+    if todo:
+        trial, map_trials = runs.NamedTrial(s0, src, images, drift(), ctx["work"] / "tmp", name), ctx.get("map_trials")
+
+        def one_by_one() -> Any:  # each run stored as soon as it ends: an interruption loses only that one
+            for item in todo:
+                log(f"{name}: {item[0]} seed {item[1]} ...")
+                yield item, trial(item)
+
+        if map_trials:
+            log(f"{name}: {len(todo)} named runs on the Dask cluster ...")
+        for (strat, seed), res in (zip(todo, map_trials(trial, todo), strict=True) if map_trials else one_by_one()):
             store.add(base | {"kind": "run", "name": strat, "seed": seed} | res)
             log(f"{name}: {strat} seed {seed}: accuracy {res['accuracy']:.4f}, {res['epochs']} epochs"
                 f"{'' if res['steps'] is None else ', ' + str(res['steps']) + ' steps'}, {res['seconds']:.1f} s")
@@ -196,11 +208,38 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", default=None, help="selection modes to measure (default: auto, and search "
                                                  "when the core has it; search costs about as much as the oracle)")
     p.add_argument("--no-resume", action="store_true", help="ignore finished runs in <workdir>/runs.jsonl")
+    p.add_argument("--dask", nargs="?", const="local", default=None, metavar="ADDRESS|local",
+                   help="run each scenario's named runs in parallel, as Prefect task runs on a Dask cluster: the "
+                        "scheduler at ADDRESS (its workers must see this repository and --workdir at the same paths), "
+                        "or a LocalCluster started here ('local', the default); selections stay one at a time here")
+    p.add_argument("--dask-workers", type=int, default=None,
+                   help="worker processes of the LocalCluster (default: one per CPU core)")
     p.add_argument("--train-commit", default=None,
                    help="key the source and the named runs on this earlier commit, to re-measure only the "
                         "selections after a change to the auto rule alone (default: HEAD; the files under "
                         "transferops/ changed since are logged and kept in the JSON)")
     return p.parse_args()
+
+
+def dask_execution(dask: str | None, workers: int | None) -> Any:
+    """The ``execution`` settings of ``--dask ADDRESS|local`` (None: without ``--dask``, one run at a time)."""
+    from transferops.config import ExecutionConfig
+
+    if dask is None:
+        return None
+    return ExecutionConfig(task_runner="dask", dask_address=None if dask == "local" else dask, dask_workers=workers)
+
+
+@contextmanager
+def parallel_runs(execution: Any) -> Iterator[Any]:
+    """A ``TrialMap`` on the Dask cluster of ``execution`` for the block, or None (one at a time)."""
+    if execution is None:
+        yield None
+        return
+    from tasks.runners import trial_map
+
+    with trial_map(execution) as map_trials:
+        yield map_trials
 
 
 def main() -> None:
@@ -226,6 +265,7 @@ def main() -> None:
 
     s0 = runs.with_overrides(load_settings(work), OVERRIDES, cfg["overrides"],
                         {"training": {"epochs": args.epochs}} if args.epochs else {})
+    execution = dask_execution(args.dask, args.dask_workers)
     git = runs.git_state()
     train_commit = git["commit"]
     if args.train_commit:
@@ -257,8 +297,10 @@ def main() -> None:
         scenarios = [{"name": f"{size}-{dom}", "size": size, "domain": dom, "n_train": nt, "n_val": nv,
                       "seeds": list(range(seeds["large" if size == "large" else "small"]))}
                      for size, (nt, nv) in sizes.items() for dom in domains]
-        # the config each scenario's records carry: only those belong to this plan and code
-        configs = {sc["name"]: run_scenario(sc, s0, src, store, ctx) for sc in scenarios}
+        with parallel_runs(execution) as map_trials:
+            ctx["map_trials"] = map_trials
+            # the config each scenario's records carry: only those belong to this plan and code
+            configs = {sc["name"]: run_scenario(sc, s0, src, store, ctx) for sc in scenarios}
     except fashion.MissingData as e:
         raise SystemExit(str(e)) from None
 
@@ -268,7 +310,8 @@ def main() -> None:
     env = environment(s0, args.threads, git, load_start)
     plan = {"quick": args.quick, "scenarios": scenarios, "strategies": list(STRATEGIES), "modes": list(modes),
             "test_cap_per_class": test_cap, "source_per_class": [n_train, n_val], "source_epochs": src_epochs,
-            "overrides": [OVERRIDES, cfg["overrides"]], "settings": s0.model_dump(mode="json")}
+            "overrides": [OVERRIDES, cfg["overrides"]], "settings": s0.model_dump(mode="json"),
+            "parallel": execution.model_dump() if execution else None}
     write_outputs(out, env, source_info, plan, rows, summary)
 
 
@@ -290,6 +333,10 @@ def write_outputs(out: Path, env: dict[str, Any], source: dict[str, Any], plan: 
               f"{'' if env['train_commit'] == env['transferops_commit'] else ' (source and named runs: ' + env['train_commit'][:10] + ')'}"
               f"{' + uncommitted changes' if env['transferops_dirty'] else ''}; drift + training + test of all "
               f"records {run_s / 60:.1f} min.")]
+    if par := plan.get("parallel"):
+        where = par["dask_address"] or f"a LocalCluster of {par['dask_workers'] or env['cpu_count']} processes"
+        header += ["", f"Named runs ran side by side as Prefect task runs on Dask ({where}), with the CPU's threads "
+                       "shared among them: their seconds are each run's own while sharing the machine."]
     footer = [("Cells: test accuracy in % (mean ± std over seeds; best in bold) and seconds of pick_strategy + "
                "training + test evaluation (mean over seeds). similarity: measure_drift's similarity to the source "
                "domain ('drift': its decision test flagged drift). pick: what pick_strategy chose (t: the linear-probe "

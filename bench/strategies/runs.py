@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,6 +202,31 @@ def named_run(s: Settings, src: SourceModel, name: str, images: ImageSet, drift:
     choice_s = time.perf_counter() - t0
     res = train_and_test(s, src, choice, images, folder)
     return res | {"choice_seconds": choice_s, "seconds": res["seconds"] + choice_s}
+
+
+@dataclass
+class NamedTrial:
+    """The named runs of one scenario as a picklable function of ``(strategy, seed)``, for a
+    ``TrialMap`` (``tasks/runners.py``) that may run them in other processes at once.
+
+    Each run gets a cold project folder of its own under ``tmp``: runs side by side must not
+    clear or resume each other's checkpoints and caches.
+    """
+
+    settings: Settings
+    src: SourceModel
+    images: ImageSet
+    drift: Any
+    tmp: Path
+    scenario: str
+
+    def __call__(self, item: tuple[str, int]) -> dict[str, Any]:
+        strategy, seed = item
+        return named_run(with_seed(self.settings, seed), self.src, strategy, self.images, self.drift,
+                         self.tmp / f"{self.scenario}-{strategy}-seed{seed}")
+
+    def label(self, item: tuple[str, int]) -> str:
+        return f"{self.scenario} {item[0]} seed {item[1]}"
 
 
 def ensure_source(s: Settings, tree: Path, folder: Path, backbone: str, image_size: int,
