@@ -235,6 +235,32 @@ def test_device_preprocessing_augments_on_the_batch_and_ends_like_the_preset():
     assert seen == [torch.uint8] and metrics["images"] == 4
 
 
+def test_loader_transforms_on_the_device_feed_uint8_batches_that_fit_trains_on(tmp_path):
+    """The GPU path's loaders, run on the CPU: uint8 images from the loader, crop and
+    normalisation as fit's batch_transforms; off the device, the whole transforms in the loader."""
+    from torchvision.transforms._presets import ImageClassification
+
+    from transferops.data import scan_dataset
+    from transferops.loading import loader_transforms, make_loader
+    from transferops.samples import write_shapes
+    from transferops.training import fit, plan_budget
+
+    tf = ImageClassification(crop_size=32, resize_size=32, mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3))
+    train_tf, val_tf, on_device = loader_transforms(tf, augment=True, on_device=False)
+    assert val_tf is tf and on_device == (None, None) and train_tf is not tf
+    train_tf, val_tf, on_device = loader_transforms(tf, augment=True, on_device=True)
+    assert all(on_device)
+    images = scan_dataset(write_shapes(tmp_path / "shapes", per_class=8), 0.25, 0.0)
+    train = make_loader(images.split("train"), images.class_to_idx, train_tf, batch_size=8, shuffle=True)
+    val = make_loader(images.split("val"), images.class_to_idx, val_tf, batch_size=8, shuffle=False)
+    assert next(iter(train))[0].dtype == torch.uint8
+    model = build_model("resnet18", 3)
+    result = fit(model, make_optimizer(model, 1e-3), train, val, num_classes=3, device=torch.device("cpu"),
+                 budget=plan_budget(len(images.split("train")), 8, epochs=2, min_steps=0, eval_every_steps=1),
+                 patience=5, batch_transforms=on_device)
+    assert result.steps > 0 and len(result.history) == 2 and all(0 <= r["val_accuracy"] <= 1 for r in result.history)
+
+
 def test_optimizer_is_fused_adamw_with_the_per_tensor_arithmetic():
     """The fused kernel is a speed-up only: one step puts every weight where the default
     per-tensor AdamW puts it, to float rounding (later steps drift apart only by rounding

@@ -158,7 +158,7 @@ def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from transferops.loading import device_preprocessing, make_loader, split_preprocessing, train_transform
+    from transferops.loading import loader_transforms, make_loader
     from transferops.training import fit, l2_sp, make_optimizer, plan_budget, small_batch
 
     cfg = settings.training
@@ -171,14 +171,8 @@ def _train_phase(settings: "Settings", model: "nn.Module", phase: Any, images: "
     tf = src.weights.transforms()
     world = shard[1] if shard else 1
     workers = cfg.loader_workers(device, processes=world)
-    augment = phase.augment and cfg.augment
-    train_tf, val_tf, on_device = train_transform(tf) if augment else tf, tf, (None, None)
-    if cfg.device_preprocess and device.type == "cuda":
-        # decode and resize on the CPU workers, as uint8; crop, scale and normalise on the GPU
-        per_image, per_batch = device_preprocessing(tf, augment)
-        if per_batch is not None:
-            (train_tf, first), (val_tf, second) = (per_image, per_batch), split_preprocessing(tf)
-            on_device = (first, second)
+    train_tf, val_tf, on_device = loader_transforms(tf, phase.augment and cfg.augment,
+                                                    cfg.device_preprocess and device.type == "cuda")
     train_loader = make_loader(train, images.class_to_idx, train_tf, batch_size=-(-batch // world), shuffle=True,
                                seed=cfg.seed, num_workers=workers, device=device, shard=shard)
     val_loader = make_loader(images.split("val"), images.class_to_idx, val_tf, batch_size=cfg.batch_size,

@@ -177,6 +177,24 @@ def train_transform(base: Callable) -> Callable:
                        base])
 
 
+def loader_transforms(transform: Callable, augment: bool,
+                      on_device: bool) -> tuple[Callable, Callable, tuple[Callable | None, Callable | None]]:
+    """The train and validation loaders' transforms, and the batch parts that finish them on the
+    device (``fit``'s ``batch_transforms``; None where the loader does everything).
+
+    ``on_device`` (a GPU, ``training.device_preprocess``): the loaders decode and resize to uint8,
+    and the random crop (:func:`device_preprocessing`), the conversion and the normalisation run
+    per batch on the device. Otherwise, or for a transform that cannot be split, the loaders
+    apply :func:`train_transform` (with ``augment``) and ``transform`` whole.
+    """
+    if on_device:
+        per_image, per_batch = device_preprocessing(transform, augment)
+        if per_batch is not None:
+            val_image, val_batch = split_preprocessing(transform)
+            return per_image, val_image, (per_batch, val_batch)
+    return train_transform(transform) if augment else transform, transform, (None, None)
+
+
 def compute_mean_std(records: Sequence[ImageRecord], size: int, limit: int = 2000) -> tuple[list[float], list[float]]:
     """Channel mean/std of a source dataset, for a source model's own preprocessing."""
     from torchvision.transforms import functional as F
